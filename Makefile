@@ -1,0 +1,26 @@
+# The two commands of the quick start: `make demo` (main job on the embedded dataset) and
+# `make test`. Both create .venv on first use (tools/setup_env.sh; a second run does nothing).
+PY := .venv/bin/python
+STAMP := .venv/.ssprl_setup_done
+
+.PHONY: setup demo test pretrain-cpu benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): tools/setup_env.sh requirements.txt setup.py
+	bash tools/setup_env.sh
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+pretrain-cpu: $(STAMP)
+	$(PY) tools/train_net.py --config-file configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(PY) tools/benchmark.py
+
+clean:
+	rm -rf output

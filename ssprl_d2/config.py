@@ -1,0 +1,110 @@
+"""Config keys of SS-PRL, added to a Detectron2 ``CfgNode`` by :func:`add_ssprl_config`.
+
+Defaults are the paper's COCO recipe (METHODS.md section 1); where the paper is silent they are
+the authors' release.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ssprl_config"]
+
+
+def add_ssprl_config(cfg: CN) -> None:
+    """Add the ``MODEL.SSPRL``, ``INPUT.SSPRL``, ``DATASETS.SSPRL`` and ``SOLVER.SSPRL`` nodes.
+
+    Args:
+        cfg: a Detectron2 config (usually ``get_cfg()``); modified in place.
+    """
+    _add_model_config(cfg)
+    _add_input_config(cfg)
+    _add_dataset_config(cfg)
+    _add_solver_config(cfg)
+
+
+def _add_model_config(cfg: CN) -> None:
+    cfg.MODEL.SSPRL = CN()
+    _C = cfg.MODEL.SSPRL
+    # K_s, number of prototypes at each pyramid scale s = 0..S (length S + 1)
+    _C.NUM_PROTOTYPES = [300, 150, 150]
+    # hidden width of each projection head (Linear - BN - ReLU - Linear)
+    _C.HEAD_HIDDEN_DIM = 2048
+    # D, output width of each projection head (z is L2-normalised)
+    _C.HEAD_OUT_DIM = 128
+    # norm in the projection heads: "BN", "SyncBN" or "naiveSyncBN" (as MODEL.RESNETS.NORM)
+    _C.HEAD_NORM = "BN"
+    # tau, softmax temperature of Eq. 1 and of g_phi's output
+    _C.TEMPERATURE = 0.1
+    # epsilon, Sinkhorn-Knopp entropic regularisation
+    _C.SINKHORN_EPSILON = 0.05
+    # number of Sinkhorn-Knopp iterations
+    _C.SINKHORN_ITERS = 3
+    # indices of the scale-0 crops whose codes are targets (the two large crops)
+    _C.CROPS_FOR_ASSIGN = [0, 1]
+    # alpha_s, weight of scale s in L_pyr (Eq. 2), length S + 1; 0 switches a scale's term off
+    _C.PYR_WEIGHTS = [1.0, 0.25, 0.25]
+    # beta_s, weight of patch scale s >= 1 in L_cross (Eq. 3), length S
+    _C.CROSS_WEIGHTS = [0.25, 0.25]
+    # lambda, weight of L_cross in L = L_pyr + lambda * L_cross (Eq. 4); 0 = "L_pyr only"
+    _C.CROSS_LAMBDA = 1.0
+    # mu in Eq. 3: "softmax" averages p_sm over patches (paper), "scores" averages z^T C_s (release)
+    _C.CROSS_MU = "softmax"
+    # one prototype set C_0 used at every scale (Table 4 ablation "shared across all scales")
+    _C.SHARED_PROTOTYPES = False
+    # iterations during which prototypes and g_phi get no update (release: 648, ~1 COCO epoch)
+    _C.FREEZE_PROTOTYPES_ITERS = 648
+    # queue length per scale (global, over all processes); 0 disables that scale's queue
+    _C.QUEUE_LENGTHS = [1920, 5000, 5000]
+    # epoch at which the queues switch on (release: 80); negative disables queues
+    _C.QUEUE_START_EPOCH = 80
+
+
+def _add_input_config(cfg: CN) -> None:
+    cfg.INPUT.SSPRL = CN()
+    _C = cfg.INPUT.SSPRL
+    # scale 0 multi-crop: number of crops of each size (SwAV: 2 large, 6 small)
+    _C.NMB_CROPS = [2, 6]
+    # scale 0 multi-crop: crop side in pixels, one per NMB_CROPS entry
+    _C.SIZE_CROPS = [224, 96]
+    # scale 0 multi-crop: RandomResizedCrop minimum area fraction, one per NMB_CROPS entry
+    _C.MIN_SCALE_CROPS = [0.14, 0.05]
+    # scale 0 multi-crop: RandomResizedCrop maximum area fraction, one per NMB_CROPS entry
+    _C.MAX_SCALE_CROPS = [1.0, 0.14]
+    # grid side of each patch scale s >= 1 (M_s = GRID^2); [] trains scale 0 only (= SwAV)
+    _C.GRIDS = [2, 3]
+    # side of the RandomResizedCrop that is cut into the grid at each patch scale
+    _C.PATCH_IMAGE_SIZES = [314, 383]
+    # side of the RandomCrop taken from each grid cell (one per view) at each patch scale
+    _C.PATCH_CROP_SIZES = [112, 96]
+    # RandomResizedCrop area fraction range of the image cut into the grid
+    _C.PATCH_SCALE_RANGE = [0.6, 1.0]
+    # probability of a horizontal flip of every crop and patch
+    _C.FLIP_PROB = 0.5
+    # ColorJitter strengths: brightness, contrast, saturation, hue
+    _C.COLOR_JITTER = [0.8, 0.8, 0.8, 0.2]
+    # probability of applying the colour jitter
+    _C.COLOR_JITTER_PROB = 0.8
+    # probability of converting to grayscale
+    _C.GRAYSCALE_PROB = 0.2
+    # probability of Gaussian blur
+    _C.BLUR_PROB = 0.5
+    # Gaussian blur sigma range, in pixels
+    _C.BLUR_SIGMA = [0.1, 2.0]
+    # where the photometric part runs: "model" (batched on the training device) or "worker"
+    # (per image in the data-loader workers; can be faster on a CPU-only machine)
+    _C.PHOTOMETRIC_ON = "model"
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    cfg.DATASETS.SSPRL = CN()
+    _C = cfg.DATASETS.SSPRL
+    # user COCO-format datasets registered at start-up, flat list of triples
+    # [name, json_file, image_root, ...]; json_file may be "" for a plain image folder
+    _C.REGISTER = []
+
+
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.SSPRL = CN()
+    _C = cfg.SOLVER.SSPRL
+    # optimiser: "LARS" (timm.optim.Lars around SGD, release) or "SGD"
+    _C.OPTIMIZER = "LARS"
+    # LARS trust coefficient eta
+    _C.LARS_TRUST = 0.001

@@ -1,0 +1,68 @@
+"""Training-time mechanics of SS-PRL that are not part of the forward, as Detectron2 hooks."""
+import logging
+from typing import Iterable, List
+
+from detectron2.engine import HookBase
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..heads import unique_modules
+
+__all__ = ["NormalizePrototypesHook", "FreezePrototypesHook", "QueueStartHook", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _prototype_modules(model: nn.Module) -> List[nn.Module]:
+    model = unwrap_model(model)
+    return unique_modules(list(model.prototypes)) + list(model.cross_learners)
+
+
+class NormalizePrototypesHook(HookBase):
+    """L2-normalise every prototype (and g_phi's rows) before each iteration, as SwAV does."""
+
+    def before_step(self):
+        for module in _prototype_modules(self.trainer.model):
+            module.normalize_()
+
+
+class FreezePrototypesHook(HookBase):
+    """Drop the gradients of the prototypes and of g_phi for the first iterations.
+
+    While frozen, the optimiser skips these parameters entirely (no momentum, no weight decay),
+    which keeps early training from collapsing onto a few prototypes.
+    """
+
+    def __init__(self, freeze_iters: int):
+        self.freeze_iters = freeze_iters
+
+    def after_backward(self):
+        if self.trainer.iter >= self.freeze_iters:
+            return
+        for module in _prototype_modules(self.trainer.model):
+            for p in module.parameters():
+                p.grad = None
+
+
+class QueueStartHook(HookBase):
+    """Switch the embedding queues on from ``start_iter`` (the release's epoch 80)."""
+
+    def __init__(self, start_iter: int):
+        self.start_iter = start_iter
+        self._announced = False
+
+    def _queues(self) -> Iterable[nn.Module]:
+        return [q for q in unwrap_model(self.trainer.model).queues if q.length > 0]
+
+    def before_step(self):
+        active = self.start_iter >= 0 and self.trainer.iter >= self.start_iter
+        for queue in self._queues():
+            queue.active = active
+        if active and not self._announced and self._queues():
+            logger.info(f"Embedding queues on from iteration {self.trainer.iter}")
+            self._announced = True

@@ -1,0 +1,84 @@
+"""Optimiser and hooks of SS-PRL pre-training, composed by ``tools/train_net.py``."""
+import logging
+import math
+from typing import List
+
+import torch
+from detectron2.engine import HookBase
+from timm.optim import Lars
+from torch import nn
+
+from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook
+
+__all__ = ["is_pretraining", "build_pretrain_optimizer", "build_pretrain_hooks"]
+
+logger = logging.getLogger(__name__)
+
+# meta-architectures trained with the pre-training loader, optimiser and hooks
+PRETRAIN_ARCHITECTURES = ("SSPRL",)
+
+
+def is_pretraining(cfg) -> bool:
+    """True when ``cfg`` trains a self-supervised pre-trainer of this project."""
+    return cfg.MODEL.META_ARCHITECTURE in PRETRAIN_ARCHITECTURES
+
+
+def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum, wrapped in LARS (timm's, no trust clipping) unless configured off.
+
+    As in the release every parameter, BN and bias included, gets weight decay and the layer-wise
+    trust ratio.
+
+    Args:
+        cfg: config with ``SOLVER.SSPRL``.
+        model: the pre-trainer.
+
+    Returns:
+        the optimiser; the learning rate schedule comes from Detectron2's ``build_lr_scheduler``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    s = cfg.SOLVER
+    if s.SSPRL.OPTIMIZER == "LARS":
+        return Lars(
+            params,
+            lr=s.BASE_LR,
+            momentum=s.MOMENTUM,
+            weight_decay=s.WEIGHT_DECAY,
+            trust_coeff=s.SSPRL.LARS_TRUST,
+            trust_clip=False,
+            always_adapt=True,
+        )
+    if s.SSPRL.OPTIMIZER == "SGD":
+        return torch.optim.SGD(
+            params, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY
+        )
+    raise ValueError(f"SOLVER.SSPRL.OPTIMIZER must be 'LARS' or 'SGD', got {s.SSPRL.OPTIMIZER!r}")
+
+
+def iterations_per_epoch(dataset_size: int, global_batch: int) -> int:
+    """Iterations that see every image once (the last partial batch counts)."""
+    return max(1, math.ceil(dataset_size / global_batch))
+
+
+def build_pretrain_hooks(cfg, dataset_size: int) -> List[HookBase]:
+    """Prototype normalisation, the prototype freeze window and the queue switch.
+
+    Args:
+        cfg: the pre-training config.
+        dataset_size: images in the training set (converts the queue's start epoch to iterations).
+
+    Returns:
+        hooks in the order they should run.
+    """
+    c = cfg.MODEL.SSPRL
+    start_iter = -1
+    if c.QUEUE_START_EPOCH >= 0:
+        start_iter = c.QUEUE_START_EPOCH * iterations_per_epoch(
+            dataset_size, cfg.SOLVER.IMS_PER_BATCH
+        )
+        logger.info(f"Queues switch on at iteration {start_iter} (epoch {c.QUEUE_START_EPOCH})")
+    return [
+        QueueStartHook(start_iter),
+        NormalizePrototypesHook(),
+        FreezePrototypesHook(c.FREEZE_PROTOTYPES_ITERS),
+    ]

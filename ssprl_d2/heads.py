@@ -1,0 +1,108 @@
+"""Projection heads, prototypes and the cross-scale correlation learner g_phi of SS-PRL."""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import NaiveSyncBatchNorm
+from torch import nn
+
+__all__ = ["ProjectionHead", "Prototypes", "CrossScaleLearner", "build_norm_1d"]
+
+
+class _NaiveSyncBatchNorm1d(NaiveSyncBatchNorm):
+    """Detectron2's NaiveSyncBatchNorm (4-D only) applied to (N, C) features; works with gloo."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, None, None])[:, :, 0, 0]
+
+
+def build_norm_1d(norm: str, channels: int) -> nn.Module:
+    """A batch norm for (N, C) features, named as ``MODEL.RESNETS.NORM``.
+
+    Args:
+        norm: "BN", "SyncBN" (torch SyncBatchNorm, needs CUDA) or "naiveSyncBN" (any backend).
+        channels: C.
+
+    Returns:
+        the norm module.
+    """
+    if norm == "BN":
+        return nn.BatchNorm1d(channels)
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm(channels)
+    if norm == "naiveSyncBN":
+        return _NaiveSyncBatchNorm1d(channels)
+    raise ValueError(f"Unknown head norm {norm!r}; expected 'BN', 'SyncBN' or 'naiveSyncBN'")
+
+
+class ProjectionHead(nn.Module):
+    """Linear - BN - ReLU - Linear, output L2-normalised (the z of Eq. 1)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "BN"):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            build_norm_1d(norm, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: (N, in_dim) pooled trunk features. Returns: (N, out_dim), unit rows."""
+        return F.normalize(self.mlp(x), dim=1, p=2)
+
+
+class Prototypes(nn.Module):
+    """K prototype vectors C (rows of a bias-free linear map); scores are z^T C."""
+
+    def __init__(self, dim: int, num_prototypes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_prototypes, dim))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default init
+        self.normalize_()
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.weight.shape[0]
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """L2-normalise every prototype in place (done before every iteration, as in SwAV)."""
+        self.weight.copy_(F.normalize(self.weight, dim=1, p=2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Args: z: (N, D) unit vectors. Returns: (N, K) scores z^T C."""
+        return z @ self.weight.t()
+
+
+class CrossScaleLearner(nn.Module):
+    """g_phi,s: maps a pooled scale-s prototype vector onto the K_0 scale-0 prototypes (Eq. 3).
+
+    As in the release: a bias-free linear map with row-normalised weights applied to an
+    L2-normalised input, so its outputs are cosine similarities; the caller divides by tau.
+    """
+
+    def __init__(self, in_prototypes: int, out_prototypes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_prototypes, in_prototypes))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.normalize_()
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """L2-normalise the rows in place (kept with the prototypes' normalisation)."""
+        self.weight.copy_(F.normalize(self.weight, dim=1, p=2))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Args: pooled: (B, K_s) mu(P_s). Returns: (B, K_0) cosine scores."""
+        return F.normalize(pooled, dim=1, p=2) @ self.weight.t()
+
+
+def unique_modules(modules: Sequence[nn.Module]) -> list:
+    """The distinct modules of a sequence, in order (prototypes may be shared across scales)."""
+    seen, out = set(), []
+    for m in modules:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out

@@ -1,0 +1,143 @@
+"""SS-PRL objectives: L_pyr (Eq. 2), L_cross (Eq. 3), and collapse diagnostics.
+
+Pure functions of tensors; the meta-architecture decides what to feed them.
+"""
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cross_entropy_with_codes",
+    "swapped_prediction_loss",
+    "cross_scale_loss",
+    "pool_patch_predictions",
+    "code_usage",
+    "prediction_entropy",
+]
+
+
+def cross_entropy_with_codes(
+    codes: torch.Tensor, scores: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """CE(q, p) with p = softmax(scores / tau), averaged over rows.
+
+    Args:
+        codes: (N, K) target distributions q (no gradient flows into them).
+        scores: (N, K) logits before the temperature.
+        temperature: tau.
+
+    Returns:
+        scalar tensor.
+    """
+    log_p = F.log_softmax(scores.float() / temperature, dim=1)
+    return -(codes.detach().float() * log_p).sum(dim=1).mean()
+
+
+def swapped_prediction_loss(
+    codes: Sequence[torch.Tensor],
+    scores: Sequence[torch.Tensor],
+    crops_for_assign: Sequence[int],
+    temperature: float,
+) -> torch.Tensor:
+    """Swapped prediction of one pyramid scale (one scale's term of Eq. 2 without alpha_s).
+
+    For every view i in ``crops_for_assign``, every other view v predicts q_i; the terms of one
+    target are averaged over the predicting views and summed over the targets. With two views this
+    is exactly CE(q', p) + CE(q, p'); at scale 0 with multi-crop, every crop predicts the codes of
+    the other large crop. At a patch scale rows are the B * M_s patches, so the mean over rows is
+    the 1 / M_s sum over m of Eq. 2 averaged over the batch.
+
+    Args:
+        codes: codes[j] (N, K) of view crops_for_assign[j].
+        scores: scores[v] (N, K) of every view v of this scale.
+        crops_for_assign: the indices into ``scores`` whose codes are targets.
+        temperature: tau.
+
+    Returns:
+        scalar tensor.
+    """
+    if len(codes) != len(crops_for_assign):
+        raise ValueError(f"{len(codes)} codes for {len(crops_for_assign)} assigned crops")
+    total = scores[0].new_zeros((), dtype=torch.float32)
+    for q, i in zip(codes, crops_for_assign):
+        others = [v for v in range(len(scores)) if v != i]
+        terms = [cross_entropy_with_codes(q, scores[v], temperature) for v in others]
+        total = total + torch.stack(terms).mean()
+    return total
+
+
+def pool_patch_predictions(patch_scores: torch.Tensor, mu: str, temperature: float) -> torch.Tensor:
+    """mu(P_s): the mean over the M_s patches of one view.
+
+    Args:
+        patch_scores: (B, M_s, K_s) scores z^T C_s of the patches of each image.
+        mu: "softmax" averages p = softmax(scores / tau) (paper); "scores" averages the raw
+            scores (release).
+        temperature: tau.
+
+    Returns:
+        (B, K_s) pooled vectors.
+    """
+    if mu == "softmax":
+        return F.softmax(patch_scores.float() / temperature, dim=2).mean(dim=1)
+    if mu == "scores":
+        return patch_scores.float().mean(dim=1)
+    raise ValueError(f"Unknown CROSS_MU {mu!r}; expected 'softmax' (paper) or 'scores' (release)")
+
+
+def cross_scale_loss(
+    global_codes: Sequence[torch.Tensor],
+    projected: Sequence[torch.Tensor],
+    temperature: float,
+) -> torch.Tensor:
+    """One patch scale's term of Eq. 3 without beta_s: CE(Q_0, g(mu(P_s))) + CE(Q'_0, g(mu(P'_s))).
+
+    Args:
+        global_codes: (Q_0, Q'_0), each (B, K_0), codes of the two large scale-0 crops.
+        projected: (g(mu(P_s)), g(mu(P'_s))), each (B, K_0) scores before the temperature.
+        temperature: tau.
+
+    Returns:
+        scalar tensor.
+    """
+    if len(global_codes) != len(projected):
+        raise ValueError(f"{len(global_codes)} code sets for {len(projected)} patch views")
+    terms = [cross_entropy_with_codes(q, g, temperature) for q, g in zip(global_codes, projected)]
+    return torch.stack(terms).sum()
+
+
+@torch.no_grad()
+def code_usage(codes: torch.Tensor) -> float:
+    """Fraction of the K prototypes that are the arg-max code of at least one sample.
+
+    Near 1/K means collapse (every sample on one prototype).
+
+    Args:
+        codes: (N, K).
+
+    Returns:
+        a float in (0, 1].
+    """
+    used = torch.unique(codes.argmax(dim=1)).numel()
+    return used / codes.shape[1]
+
+
+@torch.no_grad()
+def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
+    """Entropy of the batch-mean prediction softmax(scores / tau), divided by ln K.
+
+    1 means predictions spread evenly over the prototypes; near 0 means all samples predict the
+    same prototype (collapse).
+
+    Args:
+        scores: (N, K).
+        temperature: tau.
+
+    Returns:
+        a float in [0, 1].
+    """
+    mean_p = F.softmax(scores.float() / temperature, dim=1).mean(dim=0)
+    entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+    return float(entropy) / math.log(scores.shape[1])

@@ -1,0 +1,1 @@
+from .ssprl import SSPRL, group_crops_by_size

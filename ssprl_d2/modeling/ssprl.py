@@ -1,0 +1,340 @@
+"""The SS-PRL pre-trainer as a Detectron2 meta-architecture (``META_ARCHITECTURE: "SSPRL"``)."""
+import logging
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..data.photometric import BatchPhotometric
+from ..data.views import CropSpec, build_view_layout
+from ..heads import CrossScaleLearner, ProjectionHead, Prototypes
+from ..loss import (
+    code_usage,
+    cross_scale_loss,
+    pool_patch_predictions,
+    prediction_entropy,
+    swapped_prediction_loss,
+)
+from ..queue import EmbeddingQueue, local_queue_length
+from ..sinkhorn import sinkhorn
+
+__all__ = ["SSPRL", "group_crops_by_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def group_crops_by_size(layout: Sequence[CropSpec]) -> "OrderedDict[int, List[int]]":
+    """Layout indices of the crops of each size, largest size first.
+
+    Crops of equal size share one trunk call even when they are not adjacent in the layout (the
+    3x3 patches and the small scale-0 crops are both 96 px at the paper's settings).
+
+    Args:
+        layout: the crop specs in canonical order.
+
+    Returns:
+        {size: [layout indices]}.
+    """
+    groups: Dict[int, List[int]] = {}
+    for i, spec in enumerate(layout):
+        groups.setdefault(spec.size, []).append(i)
+    return OrderedDict(sorted(groups.items(), key=lambda kv: -kv[0]))
+
+
+def _put_scalars(**scalars: float) -> None:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no storage outside a trainer (tests, benchmarks)
+        return
+    storage.put_scalars(**scalars, smoothing_hint=False)
+
+
+@META_ARCH_REGISTRY.register()
+class SSPRL(nn.Module):
+    """Self-Supervised Pyramid Representation Learning (Hsieh et al.), Eq. 1-4 of the paper.
+
+    One trunk f_theta (a Detectron2 ResNet, so its weights load into Mask R-CNN unchanged), one
+    projection head and one prototype set C_s per pyramid scale, and one cross-scale learner
+    g_phi,s per patch scale. Training input: a list of dicts, one per image, with ``"crops"``
+    (uint8 CHW tensors in ``layout`` order, photometric augmentation still to do, or float crops
+    in [0, 1] when the data workers already did it) and ``"seed"`` (an int that makes the device
+    side augmentation reproducible). Inference input: dicts with ``"image"`` (uint8 CHW RGB);
+    output: one dict per image with the pooled trunk ``"features"``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        layout: Sequence[CropSpec],
+        num_prototypes: Sequence[int],
+        head_hidden_dim: int,
+        head_out_dim: int,
+        head_norm: str = "BN",
+        shared_prototypes: bool = False,
+        temperature: float = 0.1,
+        sinkhorn_iters: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        crops_for_assign: Sequence[int] = (0, 1),
+        pyr_weights: Sequence[float],
+        cross_weights: Sequence[float],
+        cross_lambda: float = 1.0,
+        cross_mu: str = "softmax",
+        queue_lengths: Sequence[int] = (),
+        photometric: Optional[nn.Module] = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: the trunk; ``in_feature`` names its output that is average-pooled.
+            layout: the crop of every position of an input's ``"crops"`` list.
+            num_prototypes: K_s for s = 0..S.
+            head_hidden_dim, head_out_dim, head_norm: projection head widths and norm.
+            shared_prototypes: use C_0 at every scale (Table 4 ablation).
+            temperature: tau. sinkhorn_iters, sinkhorn_epsilon: Sinkhorn-Knopp settings.
+            crops_for_assign: scale-0 crops whose codes are targets.
+            pyr_weights: alpha_s, s = 0..S. cross_weights: beta_s, s = 1..S.
+            cross_lambda: lambda of Eq. 4. cross_mu: "softmax" (paper) or "scores" (release).
+            queue_lengths: per-process queue length per scale (0: none).
+            photometric: batched photometric augmentation applied on the training device, or
+                None when the data workers already applied it.
+            pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.layout = list(layout)
+        self.num_scales = max(spec.scale for spec in self.layout) + 1
+        if len(num_prototypes) != self.num_scales:
+            raise ValueError(
+                f"NUM_PROTOTYPES has {len(num_prototypes)} entries for {self.num_scales} scales"
+            )
+        if len(pyr_weights) != self.num_scales or len(cross_weights) != self.num_scales - 1:
+            raise ValueError(
+                f"{self.num_scales} scales need {self.num_scales} PYR_WEIGHTS (alpha) and "
+                f"{self.num_scales - 1} CROSS_WEIGHTS (beta); got {list(pyr_weights)} and "
+                f"{list(cross_weights)}"
+            )
+        if cross_mu not in ("softmax", "scores"):
+            raise ValueError(f"CROSS_MU must be 'softmax' or 'scores', got {cross_mu!r}")
+        self.scale_views = self._scale_views(self.layout, self.num_scales)
+        self.patches_per_scale = [
+            max(spec.patch for spec in self.layout if spec.scale == s) + 1
+            for s in range(self.num_scales)
+        ]
+        if max(crops_for_assign) >= len(self.scale_views[0]):
+            raise ValueError(f"CROPS_FOR_ASSIGN {list(crops_for_assign)} beyond the scale-0 crops")
+
+        trunk_dim = backbone.output_shape()[in_feature].channels
+        self.heads = nn.ModuleList(
+            ProjectionHead(trunk_dim, head_hidden_dim, head_out_dim, head_norm)
+            for _ in range(self.num_scales)
+        )
+        if shared_prototypes:
+            shared = Prototypes(head_out_dim, num_prototypes[0])
+            self.prototypes = nn.ModuleList([shared] * self.num_scales)
+            num_prototypes = [num_prototypes[0]] * self.num_scales
+        else:
+            self.prototypes = nn.ModuleList(Prototypes(head_out_dim, k) for k in num_prototypes)
+        self.cross_learners = nn.ModuleList(
+            CrossScaleLearner(k, num_prototypes[0]) for k in num_prototypes[1:]
+        )
+        self.queues = nn.ModuleList(
+            EmbeddingQueue(2 if s > 0 else len(crops_for_assign), length, head_out_dim)
+            for s, length in enumerate(list(queue_lengths) or [0] * self.num_scales)
+        )
+        self.photometric = photometric
+        self.temperature = temperature
+        self.sinkhorn_iters = sinkhorn_iters
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.crops_for_assign = list(crops_for_assign)
+        self.pyr_weights = list(pyr_weights)
+        self.cross_weights = list(cross_weights)
+        self.cross_lambda = cross_lambda
+        self.cross_mu = cross_mu
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.size_groups = group_crops_by_size(self.layout)
+        self.skipped_images = 0
+
+    @staticmethod
+    def _scale_views(layout: Sequence[CropSpec], num_scales: int) -> List[List[List[int]]]:
+        # scale_views[s][v] = layout indices of view v at scale s, ordered by patch index
+        views: List[Dict[int, List[Tuple[int, int]]]] = [{} for _ in range(num_scales)]
+        for i, spec in enumerate(layout):
+            views[spec.scale].setdefault(spec.view, []).append((spec.patch, i))
+        return [[[i for _, i in sorted(v[k])] for k in sorted(v)] for v in views]
+
+    @classmethod
+    def from_config(cls, cfg):
+        c, ci = cfg.MODEL.SSPRL, cfg.INPUT.SSPRL
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        layout = build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, ci.GRIDS, ci.PATCH_CROP_SIZES)
+        world = comm.get_world_size()
+        global_batch = cfg.SOLVER.IMS_PER_BATCH
+        patches = [1] + [g * g for g in ci.GRIDS]
+        queue_lengths = [
+            local_queue_length(length, global_batch * m, world)
+            for length, m in zip(list(c.QUEUE_LENGTHS) or [0] * len(patches), patches)
+        ]
+        if c.QUEUE_START_EPOCH < 0:
+            queue_lengths = [0] * len(patches)
+        on_model = ci.PHOTOMETRIC_ON == "model"
+        if ci.PHOTOMETRIC_ON not in ("model", "worker"):
+            raise ValueError(f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'model' or 'worker'")
+        return {
+            "backbone": backbone,
+            "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
+            "layout": layout,
+            "num_prototypes": c.NUM_PROTOTYPES,
+            "head_hidden_dim": c.HEAD_HIDDEN_DIM,
+            "head_out_dim": c.HEAD_OUT_DIM,
+            "head_norm": c.HEAD_NORM,
+            "shared_prototypes": c.SHARED_PROTOTYPES,
+            "temperature": c.TEMPERATURE,
+            "sinkhorn_iters": c.SINKHORN_ITERS,
+            "sinkhorn_epsilon": c.SINKHORN_EPSILON,
+            "crops_for_assign": c.CROPS_FOR_ASSIGN,
+            "pyr_weights": c.PYR_WEIGHTS,
+            "cross_weights": c.CROSS_WEIGHTS,
+            "cross_lambda": c.CROSS_LAMBDA,
+            "cross_mu": c.CROSS_MU,
+            "queue_lengths": queue_lengths,
+            "photometric": BatchPhotometric(cfg) if on_model else None,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---------------------------------------------------------------- trunk
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Trunk features after global average pooling.
+
+        Args:
+            images: (N, 3, H, W) normalised float images.
+
+        Returns:
+            (N, C) features (2048 for ResNet-50).
+        """
+        feats = self.backbone(images)[self.in_feature]
+        return F.adaptive_avg_pool2d(feats, 1).flatten(1)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * 255.0 - self.pixel_mean) / self.pixel_std
+
+    def embed_crops(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
+        """Pooled trunk features of every crop, one trunk call per distinct crop size.
+
+        Args:
+            batched_inputs: B dicts with ``"crops"`` in layout order.
+
+        Returns:
+            features[i]: (B, C) for layout index i.
+        """
+        batch = len(batched_inputs)
+        seed = batched_inputs[0].get("seed")
+        per_crop: List[Optional[torch.Tensor]] = [None] * len(self.layout)
+        for group_id, (size, indices) in enumerate(self.size_groups.items()):
+            # crop-major order: rows [k * B, (k + 1) * B) hold layout index indices[k]
+            crops = torch.stack([x["crops"][i] for i in indices for x in batched_inputs])
+            crops = crops.to(self.device, non_blocking=True)
+            if self.photometric is not None:
+                group_seed = None if seed is None else int(seed) * 16 + group_id
+                crops = self.photometric(crops, seed=group_seed)
+            elif crops.dtype == torch.uint8:
+                crops = crops.float() / 255.0
+            feats = self.pooled_features(self._normalize(crops))
+            for k, i in enumerate(indices):
+                per_crop[i] = feats[k * batch : (k + 1) * batch]
+        return per_crop  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- codes
+    def _codes(self, scale: int, view: int, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        queue = self.queues[scale]
+        if queue.ready:
+            with torch.no_grad():
+                queued = self.prototypes[scale](queue.embeddings[view].to(z.dtype))
+            scores = torch.cat([queued, scores.detach()])
+        codes = sinkhorn(scores, self.sinkhorn_iters, self.sinkhorn_epsilon)
+        return codes[-z.shape[0] :]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        self.skipped_images += sum(int(x.get("skipped", 0)) for x in batched_inputs)
+        batch = len(batched_inputs)
+        feats = self.embed_crops(batched_inputs)
+        losses: Dict[str, torch.Tensor] = {}
+        metrics: Dict[str, float] = {"data/skipped_images": float(self.skipped_images)}
+        global_codes: List[torch.Tensor] = []
+        for s in range(self.num_scales):
+            views = self.scale_views[s]
+            # one head call per scale: BN statistics over every crop of the scale
+            flat = torch.cat([feats[i] for view in views for i in view])
+            z = self.heads[s](flat)
+            scores = self.prototypes[s](z)
+            per_view = len(views[0]) * batch
+            z_views = z.split(per_view)
+            score_views = scores.split(per_view)
+            if s == 0:
+                targets = self.crops_for_assign
+                z_assign = [z_views[i] for i in targets]
+            else:
+                # patch rows are patch-major within a view: reorder to (B * M) image-major later
+                targets = [0, 1]
+                z_assign = list(z_views)
+            codes = [
+                self._codes(s, j, z_assign[j], score_views[i]) for j, i in enumerate(targets)
+            ]
+            self.queues[s].push(z_assign)
+            losses[f"loss_pyr_s{s}"] = self.pyr_weights[s] * swapped_prediction_loss(
+                codes, list(score_views), targets, self.temperature
+            )
+            if s == 0:
+                global_codes = codes
+            else:
+                m = self.patches_per_scale[s]
+                projected = [
+                    self.cross_learners[s - 1](
+                        pool_patch_predictions(
+                            v.view(m, batch, -1).transpose(0, 1), self.cross_mu, self.temperature
+                        )
+                    )
+                    for v in score_views
+                ]
+                losses[f"loss_cross_s{s}"] = (
+                    self.cross_lambda
+                    * self.cross_weights[s - 1]
+                    * cross_scale_loss(global_codes, projected, self.temperature)
+                )
+            metrics[f"ssprl/code_usage_s{s}"] = code_usage(torch.cat(codes))
+            metrics[f"ssprl/pred_entropy_s{s}"] = prediction_entropy(scores, self.temperature)
+        _put_scalars(**metrics)
+        return losses
+
+    def inference(self, batched_inputs: List[dict]) -> List[dict]:
+        """Pooled trunk features of whole images (for feature extraction and probes).
+
+        Args:
+            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
+
+        Returns:
+            one dict per image with ``"features"`` (C,).
+        """
+        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device).float() / 255.0
+        feats = self.pooled_features(self._normalize(images))
+        return [{"features": f} for f in feats]

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssprl_d2.loss import (
+    code_usage,
+    cross_entropy_with_codes,
+    cross_scale_loss,
+    pool_patch_predictions,
+    prediction_entropy,
+    swapped_prediction_loss,
+)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cross_entropy_of_one_hot_codes_matches_torch():
+    scores = _rand(5, 7)
+    target = torch.tensor([0, 3, 6, 2, 2])
+    codes = F.one_hot(target, 7).float()
+    expected = F.cross_entropy(scores / 0.1, target)
+    torch.testing.assert_close(cross_entropy_with_codes(codes, scores, 0.1), expected)
+
+
+def test_confident_matching_prediction_gives_near_zero_loss():
+    target = torch.arange(4)
+    codes = F.one_hot(target, 4).float()
+    scores = F.one_hot(target, 4).float()  # cosine 1 on the right prototype, 0 elsewhere
+    loss = swapped_prediction_loss([codes, codes], [scores, scores], [0, 1], 0.01)
+    assert loss < 1e-3
+
+
+def test_uniform_prediction_gives_two_ln_k():
+    codes = F.one_hot(torch.arange(4), 4).float()
+    scores = torch.zeros(4, 4)
+    loss = swapped_prediction_loss([codes, codes], [scores, scores], [0, 1], 0.1)
+    assert loss.item() == pytest.approx(2 * math.log(4), rel=1e-6)
+
+
+def test_swapped_terms_pair_each_view_with_the_other_views_codes():
+    q0, q1 = F.one_hot(torch.tensor([0, 1]), 3).float(), F.one_hot(torch.tensor([2, 2]), 3).float()
+    s0, s1, s2 = _rand(2, 3, seed=1), _rand(2, 3, seed=2), _rand(2, 3, seed=3)
+    tau = 0.1
+    got = swapped_prediction_loss([q0, q1], [s0, s1, s2], [0, 1], tau)
+    ce = lambda q, s: cross_entropy_with_codes(q, s, tau)  # noqa: E731
+    expected = (ce(q0, s1) + ce(q0, s2)) / 2 + (ce(q1, s0) + ce(q1, s2)) / 2
+    torch.testing.assert_close(got, expected)
+    # the naive (unswapped) pairing is a different number
+    assert not torch.isclose(got, (ce(q0, s0) + ce(q1, s1)))
+
+
+def test_pooling_modes_differ_and_softmax_mode_is_a_distribution():
+    scores = _rand(3, 4, 5)
+    soft = pool_patch_predictions(scores, "softmax", 0.1)
+    raw = pool_patch_predictions(scores, "scores", 0.1)
+    torch.testing.assert_close(soft.sum(1), torch.ones(3))
+    torch.testing.assert_close(raw, scores.mean(1))
+    with pytest.raises(ValueError, match="CROSS_MU"):
+        pool_patch_predictions(scores, "max", 0.1)
+
+
+def test_cross_scale_loss_sums_both_views():
+    q = [F.softmax(_rand(4, 6, seed=s), 1) for s in (1, 2)]
+    g = [_rand(4, 6, seed=s) for s in (3, 4)]
+    got = cross_scale_loss(q, g, 0.1)
+    expected = cross_entropy_with_codes(q[0], g[0], 0.1) + cross_entropy_with_codes(q[1], g[1], 0.1)
+    torch.testing.assert_close(got, expected)
+
+
+def test_collapse_signals():
+    collapsed = torch.zeros(8, 5)
+    collapsed[:, 2] = 1
+    spread = torch.eye(5)
+    assert code_usage(collapsed) == pytest.approx(0.2)
+    assert code_usage(spread) == pytest.approx(1.0)
+    assert prediction_entropy(collapsed * 10, 0.1) < 0.01
+    assert prediction_entropy(spread * 10, 0.1) > 0.99

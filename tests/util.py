@@ -1,0 +1,48 @@
+"""Small builders shared by the tests: a tiny SS-PRL config and synthetic crop batches."""
+import os
+
+import torch
+from detectron2.config import get_cfg
+
+from ssprl_d2 import add_ssprl_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "ssprl_R_18_cpu_synthetic.yaml")
+
+
+def tiny_cfg(**overrides):
+    """The CPU config shrunk further: 16-px crops, 8 images, few prototypes."""
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(CPU_CONFIG)
+    cfg.MODEL.SSPRL.HEAD_HIDDEN_DIM = 32
+    cfg.MODEL.SSPRL.HEAD_OUT_DIM = 16
+    cfg.MODEL.SSPRL.NUM_PROTOTYPES = [8, 6, 6]
+    cfg.MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS = 0
+    cfg.INPUT.SSPRL.SIZE_CROPS = [32, 16]
+    cfg.INPUT.SSPRL.PATCH_IMAGE_SIZES = [40, 54]
+    cfg.INPUT.SSPRL.PATCH_CROP_SIZES = [16, 16]
+    cfg.SOLVER.IMS_PER_BATCH = 8
+    cfg.MODEL.DEVICE = "cpu"
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return cfg
+
+
+def random_batch(layout, batch, seed=0):
+    """B dicts with random uint8 crops in layout order."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "crops": [
+                torch.randint(0, 256, (3, s.size, s.size), dtype=torch.uint8, generator=g)
+                for s in layout
+            ],
+            "seed": seed * 100 + b,
+        }
+        for b in range(batch)
+    ]

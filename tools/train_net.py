@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""SS-PRL pre-training, and Detectron2 fine-tuning / evaluation, in one entry point.
+
+Pre-train (the paper's COCO recipe; the CPU smoke schedule is under configs/quick_schedules/):
+
+    python tools/train_net.py --config-file configs/ssprl_pretrain.yaml --num-gpus 8
+
+Resume an interrupted run from ``OUTPUT_DIR/last_checkpoint`` (queues, optimiser, schedule and the
+data stream continue where they stopped):
+
+    python tools/train_net.py --config-file configs/ssprl_pretrain.yaml --num-gpus 8 --resume
+
+Several machines: ``--num-machines N --machine-rank R --dist-url tcp://HOST:PORT`` on each.
+Evaluate a fine-tuned detector:
+
+    python tools/train_net.py --config-file <config> --eval-only MODEL.WEIGHTS <model.pth>
+"""
+import logging
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+
+import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
+from ssprl_d2 import add_ssprl_config, register_from_cfg
+from ssprl_d2.data.build import build_pretrain_loader
+from ssprl_d2.engine import (
+    AtomicDetectionCheckpointer,
+    build_pretrain_hooks,
+    build_pretrain_optimizer,
+    is_pretraining,
+)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with SS-PRL's loader, optimiser and hooks when pre-training."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if is_pretraining(cfg):
+            return build_pretrain_loader(cfg)
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        if is_pretraining(cfg):
+            return build_pretrain_optimizer(cfg, model)
+        return super().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def build_hooks(self):
+        # DefaultTrainer made a plain checkpointer just before; ours never leaves half files
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        hooks = super().build_hooks()
+        if is_pretraining(self.cfg):
+            size = self._trainer.data_loader.dataset_size
+            # after IterationTimer and LRScheduler, before checkpointing and writing
+            hooks[2:2] = build_pretrain_hooks(self.cfg, size)
+        return hooks
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if hasattr(loader, "set_start_iter"):
+            loader.set_start_iter(self.start_iter)
+
+
+def setup(args):
+    """Config from the file and the command line, with the project's keys and datasets."""
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    register_from_cfg(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    logging.getLogger(__name__).info(f"Command line arguments: {args}")
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
