@@ -10,7 +10,7 @@ setup(
     name="ssprl_d2",
     version="0.1.0",
     description="SS-PRL self-supervised pyramid pre-training for Detectron2",
-    license="Apache-2.0",
+    license="MIT",
     packages=find_packages(exclude=("tests", "tools", "configs")),
     python_requires=">=3.9",
     install_requires=[
