@@ -19,6 +19,7 @@ import logging
 import os
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
@@ -81,6 +82,11 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     register_from_cfg(cfg)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available here: add "
+            "`MODEL.DEVICE cpu` to the command line, or use a config under configs/quick_schedules/"
+        )
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
