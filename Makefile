@@ -3,17 +3,15 @@
 PY := .venv/bin/python
 STAMP := .venv/.ssprl_setup_done
 
-.PHONY: setup demo test pretrain-cpu benchmark clean
+.PHONY: setup demo test benchmark clean
 
 setup: $(STAMP)
 
 $(STAMP): tools/setup_env.sh requirements.txt setup.py
 	bash tools/setup_env.sh
 
+# SS-PRL pre-training on the embedded dataset (generated on first use), CPU schedule
 demo: $(STAMP)
-	$(PY) tools/demo.py
-
-pretrain-cpu: $(STAMP)
 	$(PY) tools/train_net.py --config-file configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml
 
 test: $(STAMP)

@@ -126,10 +126,10 @@ def code_usage(codes: torch.Tensor) -> float:
 
 @torch.no_grad()
 def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
-    """Entropy of the batch-mean prediction softmax(scores / tau), divided by ln K.
+    """Mean per-sample entropy of softmax(scores / tau), divided by ln K.
 
-    1 means predictions spread evenly over the prototypes; near 0 means all samples predict the
-    same prototype (collapse).
+    Near 1 means every prediction is close to uniform, i.e. the loss sits at ln K: the collapse
+    SwAV's troubleshooting describes. Falling values mean confident, sample-specific predictions.
 
     Args:
         scores: (N, K).
@@ -138,6 +138,6 @@ def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
     Returns:
         a float in [0, 1].
     """
-    mean_p = F.softmax(scores.float() / temperature, dim=1).mean(dim=0)
-    entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+    log_p = F.log_softmax(scores.float() / temperature, dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
     return float(entropy) / math.log(scores.shape[1])

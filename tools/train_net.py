@@ -17,12 +17,23 @@ Evaluate a fine-tuned detector:
 """
 import logging
 import os
+import weakref
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils.logger import setup_logger
 
 import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
@@ -36,7 +47,35 @@ from ssprl_d2.engine import (
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with SS-PRL's loader, optimiser and hooks when pre-training."""
+    """DefaultTrainer with SS-PRL's loader, optimiser and hooks when pre-training.
+
+    ``__init__`` is DefaultTrainer's with two differences: DistributedDataParallel gets no
+    ``device_ids`` on the CPU (so ``--num-gpus N`` runs N gloo processes on a CPU machine), and
+    checkpoints are written atomically.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -57,10 +96,6 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     def build_hooks(self):
-        # DefaultTrainer made a plain checkpointer just before; ours never leaves half files
-        self.checkpointer = AtomicDetectionCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
-        )
         hooks = super().build_hooks()
         if is_pretraining(self.cfg):
             size = self._trainer.data_loader.dataset_size
@@ -105,7 +140,12 @@ def main(args):
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    result = trainer.train()
+    if comm.get_world_size() > 1:
+        # spawned gloo workers can abort at exit unless their process group is torn down
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import torch
 import torchvision.transforms as T
 from PIL import Image, ImageFilter
 
-from .data.photometric import BatchPhotometric, photometric_per_image
-from .data.views import PyramidViewGenerator, grid_cell_offsets
+from ..data.photometric import BatchPhotometric, photometric_per_image
+from ..data.views import PyramidViewGenerator, grid_cell_offsets
 
 __all__ = ["reference_swav_pipeline", "bench_view_generator", "random_texture_images"]
 
