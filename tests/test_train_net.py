@@ -139,3 +139,19 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(small_data, tmp_path)
     assert sorted(resumed) == sorted(full) == list(range(max_iter))
     for it in range(max_iter):
         assert resumed[it] == pytest.approx(full[it], rel=1e-5, abs=1e-6), (it, resumed, full)
+
+
+def test_two_cpu_processes_through_launch(small_data, tmp_path):
+    """--num-gpus 2 on a CPU machine: two gloo processes, DDP, naiveSyncBN, global Sinkhorn."""
+    name, register = small_data
+    out = str(tmp_path / "ddp")
+    opts = tiny_opts(name, out, 4) + register + [
+        "MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.SSPRL.HEAD_NORM", "naiveSyncBN",
+        "SOLVER.CHECKPOINT_PERIOD", "2",
+    ]
+    proc = _run(["--config-file", CPU_CONFIG, "--num-gpus", "2", *opts])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "terminate called" not in proc.stdout
+    rows = [r for r in _metrics(out) if "total_loss" in r]
+    assert rows and rows[-1]["iteration"] == 3
+    assert os.path.exists(os.path.join(out, "model_final.pth"))

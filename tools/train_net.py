@@ -15,6 +15,7 @@ Evaluate a fine-tuned detector:
 
     python tools/train_net.py --config-file <config> --eval-only MODEL.WEIGHTS <model.pth>
 """
+import json
 import logging
 import os
 import weakref
@@ -38,8 +39,10 @@ from detectron2.utils.logger import setup_logger
 import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
 from ssprl_d2.data.build import build_pretrain_loader
+from ssprl_d2.engine.checkpoint import atomic_write_bytes
 from ssprl_d2.engine import (
     AtomicDetectionCheckpointer,
+    verify_loaded_weights,
     build_pretrain_hooks,
     build_pretrain_optimizer,
     is_pretraining,
@@ -105,9 +108,34 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if self.cfg.MODEL.WEIGHTS and not resumed:
+            # fine-tuning: every trunk tensor must come from the pre-trained file
+            check_weights(self.cfg, self.checkpointer, self.model, "backbone.bottom_up.")
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
+
+
+def check_weights(cfg, checkpointer, model, required_prefix):
+    """Fail loudly where MODEL.WEIGHTS left part of the model at its random initialisation."""
+    model = getattr(model, "module", model)
+    verify_loaded_weights(
+        checkpointer.incompatible,
+        model.state_dict().keys(),
+        cfg.MODEL.WEIGHTS,
+        required_prefix,
+        cfg.MODEL.RESNETS.DEPTH,
+    )
+
+
+def write_results(cfg, results):
+    """Evaluation results as JSON in OUTPUT_DIR (written atomically)."""
+    path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    payload = {"weights": cfg.MODEL.WEIGHTS, "results": results}
+    atomic_write_bytes(path, json.dumps(payload, indent=1, default=float).encode())
+    logging.getLogger("detectron2").info(f"Evaluation results written to {path}")
 
 
 def setup(args):
@@ -130,13 +158,19 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise SystemExit("--eval-only needs MODEL.WEIGHTS <trained model .pth/.pkl>")
+        if not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise SystemExit(f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not exist")
         model = Trainer.build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.load(cfg.MODEL.WEIGHTS)
+        # evaluation: every tensor must come from the file, not from the random initialisation
+        check_weights(cfg, checkpointer, model, "")
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+            write_results(cfg, res)
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

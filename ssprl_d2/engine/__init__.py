@@ -1,3 +1,3 @@
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, WeightsMismatchError, verify_loaded_weights
 from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook, unwrap_model
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer, is_pretraining

@@ -1,0 +1,356 @@
+"""Export a pre-trained ResNet trunk to Detectron2's or torchvision's weight format.
+
+Inputs: a checkpoint of ``tools/train_net.py`` (SS-PRL or a later pre-trainer of this project,
+trunk under ``backbone.``), or a plain torchvision ResNet state dict. Only the trunk leaves:
+projection heads, prototypes, g_phi and queues are dropped and reported.
+"""
+import logging
+import os
+import pickle
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "load_state_dict_any",
+    "extract_trunk",
+    "infer_depth",
+    "validate_trunk",
+    "to_torchvision",
+    "save_detectron2",
+    "save_torchvision",
+    "convert_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+# blocks per stage (res2..res5) and whether the blocks are bottlenecks, by ResNet depth
+RESNET_SPECS = {
+    18: ([2, 2, 2, 2], False),
+    34: ([3, 4, 6, 3], False),
+    50: ([3, 4, 6, 3], True),
+    101: ([3, 4, 23, 3], True),
+    152: ([3, 8, 36, 3], True),
+}
+# prefixes under which a pre-trainer keeps its trunk (DDP "module." is stripped first)
+TRUNK_PREFIXES = ("backbone.bottom_up.", "backbone.", "trunk.", "encoder_q.", "encoder.")
+
+
+class ConversionError(ValueError):
+    """The input cannot be exported (not a checkpoint, no trunk, inconsistent shapes)."""
+
+
+@dataclass
+class ConversionReport:
+    """What the export kept, dropped and renamed."""
+
+    source_format: str = ""
+    depth: int = 0
+    kept: List[str] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    renamed: List[Tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, limit: int = 8) -> str:
+        def head(items):
+            shown = ", ".join(str(i) for i in items[:limit])
+            return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+        dropped_groups = sorted({k.split(".")[0] for k in self.dropped})
+        lines = [
+            f"source: {self.source_format}, ResNet-{self.depth}",
+            f"kept {len(self.kept)} trunk tensors",
+            f"dropped {len(self.dropped)} keys (groups: {', '.join(dropped_groups) or '-'})",
+            f"renamed {len(self.renamed)} keys"
+            + (f": {head([f'{a} -> {b}' for a, b in self.renamed])}" if self.renamed else ""),
+        ]
+        return "\n".join(lines)
+
+
+def load_state_dict_any(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Read a checkpoint file into a flat {name: tensor} dict.
+
+    Args:
+        path: a ``.pth``/``.pt`` torch checkpoint (Detectron2's ``{"model": ...}``, a
+            ``{"state_dict": ...}`` wrapper or a bare state dict) or a Detectron2 ``.pkl``.
+
+    Returns:
+        (state dict, a short description of the container).
+
+    Raises:
+        ConversionError: the file is missing or is not a checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    obj = None
+    errors = []
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "try the next reader"
+        errors.append(f"torch.load: {e.__class__.__name__}")
+    if obj is None:
+        try:
+            with open(path, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"pickle: {e.__class__.__name__}")
+    if obj is None:
+        raise ConversionError(f"{path} is not a checkpoint ({'; '.join(errors)})")
+    container = "state dict"
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj, container = obj[key], f"checkpoint['{key}']"
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConversionError(f"{path} holds no state dict (found {type(obj).__name__})")
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v)
+        if isinstance(v, torch.Tensor):
+            state[str(k)] = v
+    if not state:
+        raise ConversionError(f"{path} holds no tensors")
+    return state, container
+
+
+_TV_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(.+)$")
+
+
+def _torchvision_to_d2(name: str) -> Optional[str]:
+    """torchvision ResNet name -> Detectron2 ResNet name (None for non-trunk keys such as fc)."""
+    if name.startswith("fc."):
+        return None
+    if name == "conv1.weight":
+        return "stem.conv1.weight"
+    if name.startswith("bn1."):
+        return "stem.conv1.norm." + name[len("bn1.") :]
+    m = _TV_BLOCK.match(name)
+    if not m:
+        return None
+    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    rest = re.sub(r"^conv(\d)\.weight$", r"conv\1.weight", rest)
+    rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+    rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+    return f"res{stage}.{block}.{rest}"
+
+
+def _is_d2_trunk_name(name: str) -> bool:
+    return name.startswith("stem.") or re.match(r"^res[2-5]\.\d+\.", name) is not None
+
+
+def extract_trunk(
+    state: Mapping[str, torch.Tensor]
+) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
+    """The trunk tensors under Detectron2 ResNet names (``stem.*``, ``res2.*`` ... ``res5.*``).
+
+    Args:
+        state: a flat state dict of a pre-trainer or of a torchvision ResNet.
+
+    Returns:
+        (trunk, report). BN's ``num_batches_tracked`` counters are dropped (Detectron2 has none).
+
+    Raises:
+        ConversionError: no trunk weights were found.
+    """
+    report = ConversionReport()
+    names = {k[len("module.") :] if k.startswith("module.") else k: k for k in state}
+    prefix = next((p for p in TRUNK_PREFIXES if any(n.startswith(p) for n in names)), "")
+    is_torchvision = not prefix and "conv1.weight" in names and "layer1.0.conv1.weight" in names
+    report.source_format = (
+        "torchvision ResNet" if is_torchvision else f"pre-trainer checkpoint (trunk under "
+        f"'{prefix or '<root>'}')"
+    )
+    trunk: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for name, original in names.items():
+        if is_torchvision:
+            new = _torchvision_to_d2(name)
+        else:
+            new = name[len(prefix) :] if prefix and name.startswith(prefix) else None
+            if new is None and not prefix and _is_d2_trunk_name(name):
+                new = name
+            if new is not None and not _is_d2_trunk_name(new):
+                new = None
+        if new is None or new.endswith("num_batches_tracked"):
+            report.dropped.append(original)
+            continue
+        trunk[new] = state[original].detach().cpu()
+        report.kept.append(new)
+        if new != original:
+            report.renamed.append((original, new))
+    if not trunk:
+        raise ConversionError(
+            "no ResNet trunk weights found (looked for torchvision names 'conv1.weight', "
+            f"'layer1.*' or Detectron2 names under {', '.join(TRUNK_PREFIXES)} or the root)"
+        )
+    return trunk, report
+
+
+def _blocks_per_stage(trunk: Mapping[str, torch.Tensor]) -> List[int]:
+    counts = []
+    for stage in range(2, 6):
+        ids = {int(k.split(".")[1]) for k in trunk if k.startswith(f"res{stage}.")}
+        counts.append(max(ids) + 1 if ids else 0)
+    return counts
+
+
+def infer_depth(trunk: Mapping[str, torch.Tensor]) -> int:
+    """ResNet depth (18, 34, 50, 101, 152) from the block counts and the block type.
+
+    Raises:
+        ConversionError: the structure matches no ResNet.
+    """
+    counts = _blocks_per_stage(trunk)
+    bottleneck = any(k.endswith("conv3.weight") for k in trunk)
+    for depth, (spec, is_bottleneck) in RESNET_SPECS.items():
+        if counts == spec and bottleneck == is_bottleneck:
+            return depth
+    raise ConversionError(
+        f"trunk with blocks per stage {counts} ({'bottleneck' if bottleneck else 'basic'} blocks) "
+        "is no ResNet-18/34/50/101/152"
+    )
+
+
+def _reference_shapes(depth: int) -> Dict[str, Tuple[int, ...]]:
+    # shapes of Detectron2's own ResNet of that depth (the names Mask R-CNN loads)
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_resnet_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    with torch.device("meta"):
+        model = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    return {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+def validate_trunk(trunk: Mapping[str, torch.Tensor], depth: Optional[int] = None) -> int:
+    """Check names and shapes against Detectron2's ResNet of the inferred (or given) depth.
+
+    Args:
+        trunk: Detectron2-named trunk tensors.
+        depth: the depth the trunk claims; inferred from the structure when None.
+
+    Returns:
+        the depth.
+
+    Raises:
+        ConversionError: missing or extra tensors, or a shape that differs.
+    """
+    inferred = infer_depth(trunk)
+    if depth is not None and depth != inferred:
+        raise ConversionError(f"trunk claims ResNet-{depth} but its structure is ResNet-{inferred}")
+    reference = _reference_shapes(inferred)
+    missing = sorted(set(reference) - set(trunk))
+    extra = sorted(set(trunk) - set(reference))
+    wrong = [
+        f"{k}: {tuple(trunk[k].shape)} != {reference[k]}"
+        for k in reference
+        if k in trunk and tuple(trunk[k].shape) != reference[k]
+    ]
+    if missing or extra or wrong:
+        problems = (
+            ([f"missing {missing[:5]}"] if missing else [])
+            + ([f"unexpected {extra[:5]}"] if extra else [])
+            + ([f"shape {w}" for w in wrong[:5]])
+        )
+        raise ConversionError(f"trunk does not match ResNet-{inferred}: " + "; ".join(problems))
+    return inferred
+
+
+def to_torchvision(trunk: Mapping[str, torch.Tensor], depth: int) -> "OrderedDict[str, torch.Tensor]":
+    """Detectron2 trunk names -> a state dict ``torchvision.models.resnet{depth}()`` loads strictly.
+
+    The classifier ``fc`` is not pre-trained; it is taken from a fresh torchvision model so that
+    ``strict=True`` loading works, and BN counters are set to zero.
+    """
+    import torchvision
+
+    reference = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+    d2_to_tv = {}
+    for tv_name in reference:
+        d2_name = _torchvision_to_d2(tv_name)
+        if d2_name is not None:
+            d2_to_tv[d2_name] = tv_name
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for tv_name, ref in reference.items():
+        d2_name = _torchvision_to_d2(tv_name)
+        if d2_name is not None and d2_name in trunk:
+            out[tv_name] = trunk[d2_name].clone()
+        else:  # fc.* and num_batches_tracked
+            out[tv_name] = torch.zeros_like(ref) if tv_name.endswith("num_batches_tracked") else ref
+    return out
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_detectron2(trunk: Mapping[str, torch.Tensor], path: str, author: str = "ssprl_d2") -> None:
+    """Write ``{"model": {name: ndarray}, "__author__", "matching_heuristics": True}`` atomically.
+
+    With bare ResNet names, Detectron2's checkpointer maps the tensors onto
+    ``backbone.bottom_up.*`` of an FPN model (or ``backbone.*`` of a plain ResNet).
+    """
+    payload = {
+        "model": {k: v.numpy() for k, v in trunk.items()},
+        "__author__": author,
+        "matching_heuristics": True,
+    }
+    _atomic_write(path, lambda f: pickle.dump(payload, f))
+
+
+def save_torchvision(state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Write a torchvision state dict atomically."""
+    _atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
+def convert_checkpoint(
+    src: str, dst: str, output_format: str = "detectron2", depth: Optional[int] = None
+) -> ConversionReport:
+    """Read ``src``, keep the trunk, check it, write ``dst``; nothing is written on any error.
+
+    Args:
+        src: input checkpoint.
+        dst: output path (``.pkl`` for Detectron2, ``.pth`` for torchvision by convention).
+        output_format: "detectron2" or "torchvision".
+        depth: the ResNet depth the trunk must have (inferred when None).
+
+    Returns:
+        the report of kept, dropped and renamed keys.
+    """
+    if output_format not in ("detectron2", "torchvision"):
+        raise ConversionError(f"unknown output format {output_format!r}")
+    state, container = load_state_dict_any(src)
+    trunk, report = extract_trunk(state)
+    report.source_format += f", {container}"
+    report.depth = validate_trunk(trunk, depth)
+    if output_format == "detectron2":
+        save_detectron2(trunk, dst)
+    else:
+        save_torchvision(to_torchvision(trunk, report.depth), dst)
+    return report

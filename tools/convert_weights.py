@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Export the ResNet trunk of a pre-training checkpoint for fine-tuning.
+
+    # SS-PRL checkpoint -> Detectron2 weights (.pkl) for Mask R-CNN
+    python tools/convert_weights.py output/ssprl_R_50_200ep_coco2014/model_final.pth ssprl_r50.pkl
+    # -> torchvision format, for other toolkits
+    python tools/convert_weights.py model_final.pth ssprl_r50_tv.pth --format torchvision
+    # a torchvision ResNet state dict works as input too
+    python tools/convert_weights.py resnet50.pth resnet50_d2.pkl
+
+Only trunk weights are written (heads, prototypes, g_phi and queues are dropped); the tool prints
+what it kept, dropped and renamed, and writes nothing on any error (non-zero exit). Fine-tune the
+exported weights with the deltas self-supervised RGB weights need (configs/Base-RCNN-FPN-SSL.yaml):
+INPUT.FORMAT RGB, PIXEL_MEAN [123.675, 116.280, 103.530], PIXEL_STD [58.395, 57.120, 57.375],
+RESNETS.STRIDE_IN_1X1 False, BACKBONE.FREEZE_AT 0.
+"""
+import argparse
+import sys
+
+from ssprl_d2.convert import ConversionError, convert_checkpoint
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("input", help="checkpoint (.pth/.pkl) of tools/train_net.py or torchvision")
+    p.add_argument("output", help="file to write")
+    p.add_argument("--format", choices=["detectron2", "torchvision"], default="detectron2")
+    p.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152],
+                   help="ResNet depth the trunk must have (default: inferred)")
+    args = p.parse_args(argv)
+    try:
+        report = convert_checkpoint(args.input, args.output, args.format, args.depth)
+    except ConversionError as e:
+        print(f"convert_weights: error: {e}; nothing written", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {args.format} weights to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
