@@ -10,9 +10,10 @@ setup: $(STAMP)
 $(STAMP): tools/setup_env.sh requirements.txt setup.py
 	bash tools/setup_env.sh
 
-# SS-PRL pre-training on the embedded dataset (generated on first use), CPU schedule
+# the main job on the embedded dataset (generated on first use), CPU schedules: pre-train SS-PRL,
+# export the trunk, fine-tune Mask R-CNN from it and from random init, evaluate both
 demo: $(STAMP)
-	$(PY) tools/train_net.py --config-file configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml
+	$(PY) tools/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -15,6 +15,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from .atomic import atomic_write
+
 __all__ = [
     "ConversionError",
     "ConversionReport",
@@ -61,11 +63,14 @@ class ConversionReport:
             shown = ", ".join(str(i) for i in items[:limit])
             return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
-        dropped_groups = sorted({k.split(".")[0] for k in self.dropped})
+        counters = [k for k in self.dropped if k.endswith("num_batches_tracked")]
+        others = [k for k in self.dropped if not k.endswith("num_batches_tracked")]
+        dropped_groups = sorted({k.split(".")[0] for k in others})
         lines = [
             f"source: {self.source_format}, ResNet-{self.depth}",
             f"kept {len(self.kept)} trunk tensors",
-            f"dropped {len(self.dropped)} keys (groups: {', '.join(dropped_groups) or '-'})",
+            f"dropped {len(others)} non-trunk keys (groups: {', '.join(dropped_groups) or '-'})"
+            f" and {len(counters)} BN num_batches_tracked counters",
             f"renamed {len(self.renamed)} keys"
             + (f": {head([f'{a} -> {b}' for a, b in self.renamed])}" if self.renamed else ""),
         ]
@@ -271,7 +276,9 @@ def validate_trunk(trunk: Mapping[str, torch.Tensor], depth: Optional[int] = Non
     return inferred
 
 
-def to_torchvision(trunk: Mapping[str, torch.Tensor], depth: int) -> "OrderedDict[str, torch.Tensor]":
+def to_torchvision(
+    trunk: Mapping[str, torch.Tensor], depth: int
+) -> "OrderedDict[str, torch.Tensor]":
     """Detectron2 trunk names -> a state dict ``torchvision.models.resnet{depth}()`` loads strictly.
 
     The classifier ``fc`` is not pre-trained; it is taken from a fresh torchvision model so that
@@ -295,21 +302,6 @@ def to_torchvision(trunk: Mapping[str, torch.Tensor], depth: int) -> "OrderedDic
     return out
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_detectron2(trunk: Mapping[str, torch.Tensor], path: str, author: str = "ssprl_d2") -> None:
     """Write ``{"model": {name: ndarray}, "__author__", "matching_heuristics": True}`` atomically.
 
@@ -321,12 +313,12 @@ def save_detectron2(trunk: Mapping[str, torch.Tensor], path: str, author: str = 
         "__author__": author,
         "matching_heuristics": True,
     }
-    _atomic_write(path, lambda f: pickle.dump(payload, f))
+    atomic_write(path, lambda f: pickle.dump(payload, f))
 
 
 def save_torchvision(state: Mapping[str, torch.Tensor], path: str) -> None:
     """Write a torchvision state dict atomically."""
-    _atomic_write(path, lambda f: torch.save(dict(state), f))
+    atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def convert_checkpoint(

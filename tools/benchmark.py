@@ -22,6 +22,7 @@ from detectron2.modeling import build_model
 
 import ssprl_d2  # noqa: F401
 from ssprl_d2 import add_ssprl_config
+from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.benchmark import (
     bench_training_step,
     bench_view_generator,
@@ -63,7 +64,9 @@ def main(argv=None) -> dict:
         "config": os.path.relpath(args.config_file, REPO),
     }
     images = random_texture_images(args.images)
-    results["a_views"] = bench_view_generator(images, cfg, iters=args.view_iters, device=args.device)
+    results["a_views"] = bench_view_generator(
+        images, cfg, iters=args.view_iters, device=args.device
+    )
     if not args.skip_step:
         model = build_model(cfg)
         results["c_trunk_gflops_per_image"] = trunk_flops_per_image(model)
@@ -71,10 +74,7 @@ def main(argv=None) -> dict:
         results["b_d_step"] = step
     print(json.dumps(results, indent=1))
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.output)
+        atomic_write_bytes(args.output, json.dumps(results, indent=1).encode())
     return results
 
 

@@ -23,7 +23,10 @@ OUT = os.path.join("output", "demo")
 PRETRAIN_DIR = os.path.join(OUT, "ssprl_R_18_synthetic")
 WEIGHTS = os.path.join(OUT, "ssprl_R_18_synthetic.pkl")
 FINETUNES = {
-    "SS-PRL": ("mask_rcnn_R_18_FPN_cpu_synthetic.yaml", os.path.join(OUT, "mask_rcnn_R_18_FPN_ssprl")),
+    "SS-PRL": (
+        "mask_rcnn_R_18_FPN_cpu_synthetic.yaml",
+        os.path.join(OUT, "mask_rcnn_R_18_FPN_ssprl"),
+    ),
     "random init": (
         "mask_rcnn_R_18_FPN_cpu_synthetic_random_init.yaml",
         os.path.join(OUT, "mask_rcnn_R_18_FPN_random_init"),
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
     for name, (config, out) in FINETUNES.items():
         print(f"  -- {name}")
         cmd = ["tools/train_net.py", "--resume", "--config-file", os.path.join(QUICK, config),
-               "OUTPUT_DIR", out, "TEST.EVAL_PERIOD", "0"]
+               "OUTPUT_DIR", out, "DATASETS.TEST", "()"]  # evaluated once, in stage 5
         if name == "SS-PRL":
             cmd += ["MODEL.WEIGHTS", WEIGHTS]
         if args.finetune_iters:

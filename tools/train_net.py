@@ -38,15 +38,17 @@ from detectron2.utils.logger import setup_logger
 
 import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
+from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.data.build import build_pretrain_loader
-from ssprl_d2.engine.checkpoint import atomic_write_bytes
+from ssprl_d2.data.multilabel import build_multilabel_test_loader, build_multilabel_train_loader
 from ssprl_d2.engine import (
     AtomicDetectionCheckpointer,
-    verify_loaded_weights,
     build_pretrain_hooks,
     build_pretrain_optimizer,
     is_pretraining,
+    verify_loaded_weights,
 )
+from ssprl_d2.evaluation import MultiLabelMAPEvaluator
 
 
 class Trainer(DefaultTrainer):
@@ -84,7 +86,15 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         if is_pretraining(cfg):
             return build_pretrain_loader(cfg)
+        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
+            return build_multilabel_train_loader(cfg)
         return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
+            return build_multilabel_test_loader(cfg, dataset_name)
+        return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -96,6 +106,8 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
+            return MultiLabelMAPEvaluator(dataset_name, output_dir=output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     def build_hooks(self):

@@ -1,3 +1,17 @@
+"""Training mechanics: pre-training hooks, optimiser, checkpointing."""
 from .checkpoint import AtomicDetectionCheckpointer, WeightsMismatchError, verify_loaded_weights
 from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook, unwrap_model
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer, is_pretraining
+
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "WeightsMismatchError",
+    "verify_loaded_weights",
+    "FreezePrototypesHook",
+    "NormalizePrototypesHook",
+    "QueueStartHook",
+    "unwrap_model",
+    "build_pretrain_hooks",
+    "build_pretrain_optimizer",
+    "is_pretraining",
+]

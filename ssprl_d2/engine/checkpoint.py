@@ -5,22 +5,13 @@ from typing import Any, Iterable, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..atomic import atomic_write, atomic_write_bytes
+
 __all__ = [
     "AtomicDetectionCheckpointer",
     "WeightsMismatchError",
-    "atomic_write_bytes",
     "verify_loaded_weights",
 ]
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and an atomic rename."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -40,12 +31,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        tmp = f"{save_file}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, save_file)
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def _load_model(self, checkpoint: Any) -> Any:
