@@ -9,7 +9,6 @@ import logging
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from detectron2.config import configurable
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.utils import comm

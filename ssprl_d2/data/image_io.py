@@ -4,9 +4,8 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
-
 from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageFile, ImageOps
 
 logger = logging.getLogger(__name__)
 

@@ -189,9 +189,11 @@ class SSPRL(nn.Module):
         ]
         if c.QUEUE_START_EPOCH < 0:
             queue_lengths = [0] * len(patches)
-        on_model = ci.PHOTOMETRIC_ON == "model"
         if ci.PHOTOMETRIC_ON not in ("model", "worker"):
-            raise ValueError(f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'model' or 'worker'")
+            raise ValueError(
+                f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'model' or 'worker', got {ci.PHOTOMETRIC_ON!r}"
+            )
+        on_model = ci.PHOTOMETRIC_ON == "model"
         return {
             "backbone": backbone,
             "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
