@@ -18,6 +18,7 @@ def add_ssprl_config(cfg: CN) -> None:
     _add_input_config(cfg)
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
+    _add_multilabel_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -108,3 +109,22 @@ def _add_solver_config(cfg: CN) -> None:
     _C.OPTIMIZER = "LARS"
     # LARS trust coefficient eta
     _C.LARS_TRUST = 0.001
+
+
+def _add_multilabel_config(cfg: CN) -> None:
+    # downstream multi-label classification (METHODS.md section 2): linear and semi-supervised
+    cfg.MODEL.MULTILABEL = CN()
+    # number of labels C of the classifier (COCO 80, VOC07 20); must equal the dataset's classes
+    cfg.MODEL.MULTILABEL.NUM_CLASSES = 80
+    # True: linear evaluation (trunk frozen, BN statistics fixed); False: fine-tune the whole net
+    cfg.MODEL.MULTILABEL.FREEZE_TRUNK = True
+    cfg.INPUT.MULTILABEL = CN()
+    # side of the training RandomResizedCrop and of the test CenterCrop, in pixels
+    cfg.INPUT.MULTILABEL.CROP_SIZE = 224
+    # test-time Resize: short side in pixels before the CenterCrop
+    cfg.INPUT.MULTILABEL.RESIZE_SIZE = 256
+    cfg.DATASETS.MULTILABEL = CN()
+    # fraction of labelled training images used, in (0, 1] (semi-supervised: 0.01, 0.1, 1.0)
+    cfg.DATASETS.MULTILABEL.TRAIN_FRACTION = 1.0
+    # seed of the random choice of that fraction (same seed, same images)
+    cfg.DATASETS.MULTILABEL.SUBSET_SEED = 0

@@ -123,7 +123,10 @@ class Trainer(DefaultTrainer):
         resumed = resume and self.checkpointer.has_checkpoint()
         if self.cfg.MODEL.WEIGHTS and not resumed:
             # fine-tuning: every trunk tensor must come from the pre-trained file
-            check_weights(self.cfg, self.checkpointer, self.model, "backbone.bottom_up.")
+            # (an FPN backbone wraps the ResNet trunk as "bottom_up")
+            fpn = "fpn" in self.cfg.MODEL.BACKBONE.NAME
+            trunk = "backbone.bottom_up." if fpn else "backbone."
+            check_weights(self.cfg, self.checkpointer, self.model, trunk)
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)

@@ -254,6 +254,10 @@ def register_builtin_datasets() -> None:
             replace_own=True,
         )
     register_synthetic_datasets()
+    # imported here: multilabel.py builds on this module's registration helpers
+    from .multilabel import register_voc_multilabel
+
+    register_voc_multilabel()
 
 
 def register_from_cfg(cfg) -> List[str]:
