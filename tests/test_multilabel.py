@@ -26,12 +26,12 @@ from ssprl_d2.data.multilabel import (
     load_subset_ids,
     multilabel_targets,
     register_subset,
-    register_voc_multilabel,
     save_subset_ids,
     select_by_ids,
     semi_supervised_subset,
 )
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
+from ssprl_d2.data.voc import register_voc_multilabel
 from ssprl_d2.evaluation import MultiLabelMAPEvaluator
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")

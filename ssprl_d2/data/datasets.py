@@ -255,7 +255,7 @@ def register_builtin_datasets() -> None:
         )
     register_synthetic_datasets()
     # imported here: multilabel.py builds on this module's registration helpers
-    from .multilabel import register_voc_multilabel
+    from .voc import register_voc_multilabel
 
     register_voc_multilabel()
 

@@ -1,4 +1,4 @@
-"""Data of the multi-label classification protocols: targets, mapper, subsets, VOC07, loaders.
+"""Data of the multi-label classification protocols: targets, mapper, subsets, loaders.
 
 Labels come from Detectron2 instance annotations: an image is positive for every category that
 has an annotation in it (``category_id`` is already contiguous, 0..C-1), except annotations
@@ -9,7 +9,6 @@ import functools
 import json
 import logging
 import os
-import xml.etree.ElementTree as ET
 from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 import cv2
@@ -23,19 +22,16 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
-from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..atomic import atomic_write_bytes
-from .datasets import _datasets_root, _register
+from .datasets import _register
 from .image_io import BadImageError, read_image_rgb
 from .views import resize_square, sample_resized_crop_box
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "VOC_CLASS_NAMES",
     "multilabel_targets",
     "MultiLabelDatasetMapper",
     "semi_supervised_subset",
@@ -43,17 +39,11 @@ __all__ = [
     "load_subset_ids",
     "select_by_ids",
     "register_subset",
-    "load_voc_multilabel",
-    "register_voc_multilabel",
     "check_num_classes",
     "build_multilabel_train_loader",
     "build_multilabel_test_loader",
 ]
 
-_VOC_SPLITS: Dict[str, str] = {
-    "voc_2007_trainval_multilabel": "trainval",
-    "voc_2007_test_multilabel": "test",
-}
 SUBSET_FILE = "semi_supervised_subset.json"
 # metadata a subset inherits from its base dataset; not json_file, which describes the whole set
 _SUBSET_METADATA_KEYS = (
@@ -333,92 +323,6 @@ def register_subset(
         _copy_metadata(base_name, name)
 
     _register(name, ("subset", base_name, fraction, seed, save_dir), do_register)
-
-
-def load_voc_multilabel(dirname: str, split: str) -> List[Dict]:
-    """Load a VOC split as Detectron2 dicts, keeping each object's ``difficult`` flag.
-
-    Args:
-        dirname: folder holding ``Annotations/``, ``ImageSets/Main/`` and ``JPEGImages/``.
-        split: "trainval", "test", ...
-
-    Returns:
-        dicts with ``file_name``, ``image_id`` (the VOC file id), ``height``, ``width`` and
-        ``annotations`` ``{"category_id", "bbox" (XYXY_ABS, 0-based), "bbox_mode", "difficult"}``.
-
-    Raises:
-        FileNotFoundError: the split list or an annotation file is missing.
-    """
-    split_file = os.path.join(dirname, "ImageSets", "Main", f"{split}.txt")
-    if not os.path.isfile(split_file):
-        raise FileNotFoundError(
-            f"VOC2007 {split} split not found: {split_file} (expected the VOCdevkit layout "
-            "Annotations/, ImageSets/Main/, JPEGImages/ under $DETECTRON2_DATASETS/VOC2007)"
-        )
-    with open(split_file) as f:
-        fileids = [line.strip() for line in f if line.strip()]
-    dicts = []
-    for fileid in fileids:
-        xml_file = os.path.join(dirname, "Annotations", f"{fileid}.xml")
-        if not os.path.isfile(xml_file):
-            raise FileNotFoundError(f"VOC annotation file missing: {xml_file}")
-        tree = ET.parse(xml_file)
-        annotations = []
-        for obj in tree.findall("object"):
-            cls = obj.findtext("name", "").strip()
-            if cls not in VOC_CLASS_NAMES:
-                raise ValueError(f"unknown VOC class {cls!r} in {xml_file}")
-            box = obj.find("bndbox")
-            x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            annotations.append(
-                {
-                    "category_id": VOC_CLASS_NAMES.index(cls),
-                    # VOC boxes are 1-based inclusive pixel indices, as Detectron2's loader reads
-                    "bbox": [x1 - 1.0, y1 - 1.0, x2, y2],
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                    "difficult": int(obj.findtext("difficult", "0") or 0),
-                }
-            )
-        dicts.append(
-            {
-                "file_name": os.path.join(dirname, "JPEGImages", f"{fileid}.jpg"),
-                "image_id": fileid,
-                "height": int(tree.findtext("./size/height")),
-                "width": int(tree.findtext("./size/width")),
-                "annotations": annotations,
-            }
-        )
-    return dicts
-
-
-def _register_voc(name: str, dirname: str, split: str) -> None:
-    DatasetCatalog.register(name, functools.partial(load_voc_multilabel, dirname, split))
-    MetadataCatalog.get(name).set(
-        thing_classes=list(VOC_CLASS_NAMES),
-        dirname=dirname,
-        split=split,
-        year=2007,
-        evaluator_type="multilabel",
-    )
-
-
-def register_voc_multilabel(root: Optional[str] = None) -> None:
-    """Register ``voc_2007_trainval_multilabel`` / ``voc_2007_test_multilabel`` (lazy).
-
-    Detectron2's own ``voc_2007_*`` loader drops the ``difficult`` flag that the VOC
-    classification protocol needs; these keep it.
-
-    Args:
-        root: the VOC2007 folder; ``$DETECTRON2_DATASETS/VOC2007`` if None.
-    """
-    dirname = os.path.join(_datasets_root(), "VOC2007") if root is None else root
-    for name, split in _VOC_SPLITS.items():
-        _register(
-            name,
-            ("voc_multilabel", dirname, split),
-            functools.partial(_register_voc, name, dirname, split),
-            replace_own=True,
-        )
 
 
 def _thing_classes(dataset_name: str) -> Optional[List[str]]:
