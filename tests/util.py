@@ -19,6 +19,8 @@ def tiny_cfg(**overrides):
     cfg.MODEL.SSPRL.HEAD_OUT_DIM = 16
     cfg.MODEL.SSPRL.NUM_PROTOTYPES = [8, 6, 6]
     cfg.MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS = 0
+    # the paper's value, so that tuning the CPU schedule does not move the golden loss
+    cfg.MODEL.SSPRL.SINKHORN_EPSILON = 0.05
     cfg.INPUT.SSPRL.SIZE_CROPS = [32, 16]
     cfg.INPUT.SSPRL.PATCH_IMAGE_SIZES = [40, 54]
     cfg.INPUT.SSPRL.PATCH_CROP_SIZES = [16, 16]
