@@ -1,0 +1,40 @@
+import pytest
+import torch
+from detectron2.modeling import build_model
+from util import random_batch, tiny_cfg
+
+from ssprl_d2.study import PRETRAINED_VARIANTS, VARIANTS, aggregate, markdown_table
+
+
+def test_aggregate_mean_and_sample_std():
+    runs = [
+        {"variant": "a", "seed": s, "protocol": "linear", "mAP": v}
+        for s, v in enumerate([10.0, 12.0, 14.0])
+    ] + [{"variant": "b", "seed": 0, "protocol": "linear", "mAP": 5.0}]
+    summary = aggregate(runs)
+    assert summary["a"]["linear"] == {"mean": 12.0, "std": 2.0, "n": 3}
+    assert summary["b"]["linear"]["std"] == 0.0
+    table = markdown_table(summary, ["linear", "semi"])
+    assert "| a | 12.0 +- 2.0 (n=3) | - |" in table
+
+
+@pytest.mark.parametrize("variant", PRETRAINED_VARIANTS)
+def test_every_pretraining_variant_builds_and_trains_a_step(variant):
+    opts = VARIANTS[variant]
+    cfg = tiny_cfg()
+    cfg.merge_from_list(list(opts))
+    if variant.startswith("SwAV"):
+        cfg.MODEL.SSPRL.NUM_PROTOTYPES = [8]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    losses = model(random_batch(model.layout, 4))
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    if variant.startswith("SwAV"):
+        assert set(losses) == {"loss_pyr_s0"}
+    if variant == "L_pyr only":
+        assert losses["loss_cross_s1"].item() == 0.0
+    if variant == "L_cross only":
+        assert losses["loss_pyr_s1"].item() == 0.0 and losses["loss_cross_s1"].item() > 0

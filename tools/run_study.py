@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""The comparison study on the embedded dataset (paper Tables 1, 2 and 4 at CPU scale).
+
+    python tools/run_study.py                       # 3 seeds, the budget below (about an hour)
+    python tools/run_study.py --seeds 0 --pretrain-iters 20 --eval-iters 10   # a quick try
+
+For every variant of ssprl_d2.study.VARIANTS (random init, SwAV = scale 0 only, full SS-PRL,
+L_pyr only, L_cross only, shared prototypes, the release's mu) and every seed: pre-train with the
+CPU schedule (same iterations for all), export the trunk, then evaluate by linear multi-label
+mAP (frozen trunk) and by semi-supervised fine-tuning on 10% of the labels (the subset is the
+same for every run). Metrics are those of the final iteration on ssprl_synthetic_val. Writes
+results/study.json (every run) and results/study.md (mean +- std over seeds) atomically.
+"""
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from ssprl_d2.atomic import atomic_write_bytes  # noqa: E402
+from ssprl_d2.convert import convert_checkpoint  # noqa: E402
+from ssprl_d2.study import VARIANTS, aggregate, markdown_table  # noqa: E402
+
+QUICK = os.path.join(REPO, "configs", "quick_schedules")
+PRETRAIN = os.path.join(QUICK, "ssprl_R_18_cpu_synthetic.yaml")
+PROTOCOLS = {
+    "linear mAP": os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"),
+    "semi-sup 10% mAP": os.path.join(QUICK, "multilabel_semisup_R_18_cpu_synthetic.yaml"),
+}
+
+
+def _train_net():
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools",
+                                                                         "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(train_net, config, opts):
+    """One tools/train_net.py training run in this process; returns its final evaluation."""
+    args = train_net.default_argument_parser().parse_args(["--config-file", config, *opts])
+    try:
+        trainer = train_net.Trainer(train_net.setup(args))
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        return getattr(trainer, "_last_eval_results", None)
+    finally:
+        # each run's default_setup adds log handlers for its output folder: drop them
+        for name in ("detectron2", "fvcore", "d2"):
+            logging.getLogger(name).handlers.clear()
+        setup_logger.cache_clear()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pretrain-iters", type=int, default=80)
+    p.add_argument("--eval-iters", type=int, default=60)
+    p.add_argument("--out", default=os.path.join("output", "study"))
+    p.add_argument("--results", default=os.path.join(REPO, "results"))
+    args = p.parse_args(argv)
+    train_net = _train_net()
+    runs, start = [], time.time()
+    total = len(VARIANTS) * len(args.seeds)
+    for k, (seed, (variant, opts)) in enumerate(
+        (s, v) for s in args.seeds for v in VARIANTS.items()
+    ):
+        tag = f"{variant.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}"
+        run_dir = os.path.join(args.out, f"seed{seed}", tag)
+        print(f"[study {k + 1}/{total}] {variant}, seed {seed} ({time.time() - start:.0f} s)",
+              flush=True)
+        weights = ""
+        if opts is not None:
+            pre_dir = os.path.join(run_dir, "pretrain")
+            _run(train_net, PRETRAIN, [*opts, "SEED", str(seed), "SOLVER.MAX_ITER",
+                                       str(args.pretrain_iters), "SOLVER.CHECKPOINT_PERIOD",
+                                       "100000", "OUTPUT_DIR", pre_dir])
+            weights = os.path.join(run_dir, "trunk.pkl")
+            convert_checkpoint(os.path.join(pre_dir, "model_final.pth"), weights)
+        for protocol, config in PROTOCOLS.items():
+            out = os.path.join(run_dir, protocol.split()[0])
+            # the final iteration's metric: train_net evaluates once, after the last iteration
+            res = _run(train_net, config, ["MODEL.WEIGHTS", weights, "SEED", str(seed),
+                                           "SOLVER.MAX_ITER", str(args.eval_iters),
+                                           "SOLVER.CHECKPOINT_PERIOD", "100000",
+                                           "OUTPUT_DIR", out])
+            runs.append({"variant": variant, "seed": seed, "protocol": protocol,
+                         "mAP": float(res["multilabel"]["mAP"])})
+            print(f"    {protocol}: {runs[-1]['mAP']:.2f}", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()
+    summary = aggregate(runs)
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "commit": commit,
+        "seeds": args.seeds,
+        "pretrain": f"{os.path.relpath(PRETRAIN, REPO)}, MAX_ITER {args.pretrain_iters}",
+        "evaluation": {k: os.path.relpath(v, REPO) for k, v in PROTOCOLS.items()},
+        "eval_iters": args.eval_iters,
+        "seconds": round(time.time() - start),
+    }
+    os.makedirs(args.results, exist_ok=True)
+    atomic_write_bytes(os.path.join(args.results, "study.json"),
+                       json.dumps({"meta": meta, "summary": summary, "runs": runs},
+                                  indent=1).encode())
+    table = markdown_table(summary, list(PROTOCOLS))
+    atomic_write_bytes(os.path.join(args.results, "study.md"),
+                       (f"# Study on the embedded dataset\n\n{json.dumps(meta, indent=1)}\n\n"
+                        f"{table}\n").encode())
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
