@@ -1,6 +1,5 @@
 """Tests for ssprl_d2.data.datasets: registrations in Detectron2's catalogs."""
 import os
-import uuid
 
 import pytest
 from detectron2.config import CfgNode as CN
@@ -23,23 +22,6 @@ BUILTIN_FOLDERS = {
     "coco_2017_val_images": "coco/val2017",
     "imagenet_train_images": "imagenet/train",
 }
-
-
-@pytest.fixture
-def new_name():
-    """Hand out unique dataset names and unregister them afterwards."""
-    names = []
-
-    def make() -> str:
-        names.append(f"ssprl_test_{uuid.uuid4().hex[:8]}")
-        return names[-1]
-
-    yield make
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import os
 import random
 import subprocess
 import sys
-import uuid
 
 import cv2
 import numpy as np
@@ -16,7 +15,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
-from util import REPO
+from util import REPO, set_keys
 
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.convert import convert_checkpoint
@@ -40,35 +39,12 @@ LINEAR_CONFIG = os.path.join(
 )
 
 
-@pytest.fixture
-def new_name():
-    """Unique dataset names, unregistered afterwards."""
-    names = []
-
-    def make() -> str:
-        names.append(f"ml_test_{uuid.uuid4().hex[:8]}")
-        return names[-1]
-
-    yield make
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-
-
 def _cfg(**overrides):
     cfg = get_cfg()
     add_ssprl_config(cfg)
     cfg.merge_from_file(LINEAR_CONFIG)
     cfg.MODEL.WEIGHTS = ""
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+    return set_keys(cfg, **overrides)
 
 
 def _evaluate(name, classes, scores, targets, out_dir):

@@ -26,6 +26,11 @@ def tiny_cfg(**overrides):
     cfg.INPUT.SSPRL.PATCH_CROP_SIZES = [16, 16]
     cfg.SOLVER.IMS_PER_BATCH = 8
     cfg.MODEL.DEVICE = "cpu"
+    return set_keys(cfg, **overrides)
+
+
+def set_keys(cfg, **overrides):
+    """Set dotted config keys given as keyword names, e.g. ``**{"MODEL.DEVICE": "cpu"}``."""
     for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split(".")
