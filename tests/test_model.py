@@ -183,3 +183,20 @@ def test_prototypes_are_unit_norm_before_each_step():
     hook.trainer = trainer
     hook.before_step()
     torch.testing.assert_close(model.prototypes[1].weight.norm(dim=1), torch.ones(6))
+
+
+def test_after_resume_only_rank_zero_keeps_the_checkpointed_queue(monkeypatch):
+    import ssprl_d2.engine.hooks as hooks_module
+
+    model = _model(**{"MODEL.SSPRL.QUEUE_LENGTHS": [16, 64, 144]})
+    for q in model.queues:
+        q.active = True
+    model(random_batch(model.layout, 8, seed=1))
+    trainer = SimpleTrainer(model, _ListLoader([]), torch.optim.SGD(model.parameters(), lr=0.0))
+    hook = QueueStartHook(0)
+    hook.trainer = trainer
+    trainer.iter = 5  # resumed
+    for rank, expected in ((0, 8), (1, 0)):
+        monkeypatch.setattr(hooks_module.comm, "get_rank", lambda r=rank: r)
+        hook.before_train()
+        assert int(model.queues[0].count) == expected

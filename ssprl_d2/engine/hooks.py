@@ -3,6 +3,7 @@ import logging
 from typing import Iterable, List
 
 from detectron2.engine import HookBase
+from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -50,7 +51,11 @@ class FreezePrototypesHook(HookBase):
 
 
 class QueueStartHook(HookBase):
-    """Switch the embedding queues on from ``start_iter`` (the release's epoch 80)."""
+    """Switch the embedding queues on from ``start_iter`` (the release's epoch 80).
+
+    Checkpoints hold the queues of rank 0 only; after a resume the other ranks empty theirs and
+    refill them, so Sinkhorn never sees rank 0's embeddings several times over.
+    """
 
     def __init__(self, start_iter: int):
         self.start_iter = start_iter
@@ -58,6 +63,12 @@ class QueueStartHook(HookBase):
 
     def _queues(self) -> Iterable[nn.Module]:
         return [q for q in unwrap_model(self.trainer.model).queues if q.length > 0]
+
+    def before_train(self):
+        if self.trainer.iter > 0 and comm.get_rank() > 0:
+            for queue in self._queues():
+                queue.embeddings.zero_()
+                queue.count.zero_()
 
     def before_step(self):
         active = self.start_iter >= 0 and self.trainer.iter >= self.start_iter
