@@ -32,9 +32,13 @@ from ssprl_d2.study import VARIANTS, aggregate, markdown_table  # noqa: E402
 
 QUICK = os.path.join(REPO, "configs", "quick_schedules")
 PRETRAIN = os.path.join(QUICK, "ssprl_R_18_cpu_synthetic.yaml")
+# protocol -> (config, overrides); the 10% subset is the same for every run (SUBSET_SEED 0)
 PROTOCOLS = {
-    "linear mAP": os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"),
-    "semi-sup 10% mAP": os.path.join(QUICK, "multilabel_semisup_R_18_cpu_synthetic.yaml"),
+    "linear mAP": (os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"), []),
+    "semi-sup 10% mAP": (
+        os.path.join(QUICK, "multilabel_semisup_R_18_cpu_synthetic.yaml"),
+        ["DATASETS.MULTILABEL.TRAIN_FRACTION", "0.1", "DATASETS.MULTILABEL.SUBSET_SEED", "0"],
+    ),
 }
 
 
@@ -87,10 +91,10 @@ def main(argv=None) -> int:
                                        "100000", "OUTPUT_DIR", pre_dir])
             weights = os.path.join(run_dir, "trunk.pkl")
             convert_checkpoint(os.path.join(pre_dir, "model_final.pth"), weights)
-        for protocol, config in PROTOCOLS.items():
+        for protocol, (config, extra) in PROTOCOLS.items():
             out = os.path.join(run_dir, protocol.split()[0])
             # the final iteration's metric: train_net evaluates once, after the last iteration
-            res = _run(train_net, config, ["MODEL.WEIGHTS", weights, "SEED", str(seed),
+            res = _run(train_net, config, [*extra, "MODEL.WEIGHTS", weights, "SEED", str(seed),
                                            "SOLVER.MAX_ITER", str(args.eval_iters),
                                            "SOLVER.CHECKPOINT_PERIOD", "100000",
                                            "OUTPUT_DIR", out])
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
         "commit": commit,
         "seeds": args.seeds,
         "pretrain": f"{os.path.relpath(PRETRAIN, REPO)}, MAX_ITER {args.pretrain_iters}",
-        "evaluation": {k: os.path.relpath(v, REPO) for k, v in PROTOCOLS.items()},
+        "evaluation": {k: [os.path.relpath(c, REPO), *o] for k, (c, o) in PROTOCOLS.items()},
         "eval_iters": args.eval_iters,
         "seconds": round(time.time() - start),
     }
