@@ -1,7 +1,12 @@
 """ssprl_d2: SS-PRL self-supervised pyramid pre-training as a Detectron2 extension.
 
-``import ssprl_d2`` registers the ``SSPRL`` meta-architecture and the project's datasets in
-Detectron2's own registries.
+``import ssprl_d2`` registers the meta-architectures (``SSPRL``, ``MultiLabelClassifier``) and the
+project's datasets in Detectron2's own registries.
+
+Layout: ``config.py`` (every config key), ``modeling/`` (one file per meta-architecture and the
+parts they share), ``data/`` (registrations, mappers, loaders, views, augmentation), ``engine/``
+(optimiser, hooks, checkpointing), ``evaluation/`` (multi-label mAP), ``convert.py`` (weight
+export), ``study.py`` (comparison study), ``benchmark/`` (speed figures).
 """
 try:
     import detectron2  # noqa: F401
@@ -15,10 +20,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from .config import add_ssprl_config
-from .data.datasets import register_builtin_datasets, register_from_cfg
-from .modeling import SSPRL
+from .data.builtin import register_builtin_datasets, register_from_cfg
+from .modeling import SSPRL, MultiLabelClassifier, get_task
 
 register_builtin_datasets()
 
-__all__ = ["add_ssprl_config", "register_from_cfg", "SSPRL"]
+__all__ = ["add_ssprl_config", "get_task", "register_from_cfg", "MultiLabelClassifier", "SSPRL"]
 __version__ = "0.1.0"

@@ -26,8 +26,14 @@ def test_crash_while_saving_keeps_the_previous_checkpoint_and_tag(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
     assert (tmp_path / "model_0000009.pth").read_bytes() == good
     monkeypatch.undo()
-    # and the survivor loads
-    assert AtomicDetectionCheckpointer(nn.Linear(3, 2), save_dir=str(tmp_path)).has_checkpoint()
+    # and the survivor loads, with the weights it was saved with
+    fresh = nn.Linear(3, 2)
+    with torch.no_grad():
+        fresh.weight.zero_()
+    loader = AtomicDetectionCheckpointer(fresh, save_dir=str(tmp_path))
+    loader.resume_or_load("", resume=True)
+    torch.testing.assert_close(fresh.weight, model.weight)
+    torch.testing.assert_close(fresh.bias, model.bias)
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path):

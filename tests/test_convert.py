@@ -75,7 +75,11 @@ def test_round_trip_into_mask_rcnn_r50_fpn(tmp_path):
 
     det_cfg = get_cfg()
     add_ssprl_config(det_cfg)
-    det_cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_15k_coco2014.yaml"))
+    det_cfg.merge_from_file(
+        os.path.join(
+            REPO, "configs", "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_15k_coco2014.yaml"
+        )
+    )
     det_cfg.MODEL.DEVICE = "cpu"
     for key in ("RESNETS", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
         getattr(det_cfg.MODEL, key).NORM = "BN"  # SyncBN needs CUDA; names are the same

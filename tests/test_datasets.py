@@ -1,4 +1,4 @@
-"""Tests for ssprl_d2.data.datasets: registrations in Detectron2's catalogs."""
+"""Tests for ssprl_d2.data.datasets and .builtin: registrations in Detectron2's catalogs."""
 import os
 
 import pytest
@@ -6,13 +6,12 @@ from detectron2.config import CfgNode as CN
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ssprl_d2.data import synthetic
-from ssprl_d2.data.datasets import (
+from ssprl_d2.data.builtin import (
     register_builtin_datasets,
-    register_coco_format,
     register_from_cfg,
-    register_image_folder,
     register_synthetic_datasets,
 )
+from ssprl_d2.data.datasets import register_coco_format, register_image_folder
 from ssprl_d2.data.synthetic import CATEGORY_NAMES, generate_synthetic_dataset
 
 BUILTIN_FOLDERS = {

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssprl_d2.loss import (
+from ssprl_d2.modeling.loss import (
     code_usage,
     cross_entropy_with_codes,
     cross_scale_loss,

@@ -108,11 +108,31 @@ def test_release_mu_changes_only_the_cross_terms():
     assert paper["loss_cross_s1"] != pytest.approx(release["loss_cross_s1"], rel=1e-3)
 
 
+def test_crops_augmented_nowhere_are_refused():
+    # PHOTOMETRIC_ON "worker" for the model, but the samples say the workers did not augment
+    model = _model(**{"INPUT.SSPRL.PHOTOMETRIC_ON": "worker"})
+    assert model.photometric is None
+    with pytest.raises(ValueError, match="PHOTOMETRIC_ON must match"):
+        model(random_batch(model.layout, 2))
+
+
+def test_hooks_ask_the_model_for_prototypes_and_queues():
+    model = _model(
+        **{"MODEL.SSPRL.SHARED_PROTOTYPES": True, "MODEL.SSPRL.QUEUE_LENGTHS": [16, 0, 0]}
+    )
+    # shared C_0 counted once, then g_phi of both patch scales
+    assert model.prototype_modules() == [model.prototypes[0], *model.cross_learners]
+    assert model.queue_modules() == [model.queues[0]]
+
+
 def test_golden_loss_value():
     # photometric augmentation off: the value depends only on the model and the seeded init
     model = _model()
     model.photometric = None
-    losses = model(random_batch(model.layout, 4, seed=7))
+    batch = random_batch(model.layout, 4, seed=7)
+    for x in batch:
+        x["photometric_done"] = True
+    losses = model(batch)
     total = sum(losses.values()).item()
     print(f"golden total loss: {total:.6f}", {k: round(v.item(), 6) for k, v in losses.items()})
     assert total == pytest.approx(GOLDEN_TOTAL, rel=1e-4), f"new value {total:.6f}"

@@ -19,18 +19,17 @@ from util import REPO, set_keys
 
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.convert import convert_checkpoint
-from ssprl_d2.data.multilabel import (
-    MultiLabelDatasetMapper,
-    build_multilabel_train_loader,
+from ssprl_d2.data.build import build_multilabel_train_loader
+from ssprl_d2.data.builtin import register_voc_multilabel
+from ssprl_d2.data.dataset_mapper import MultiLabelDatasetMapper, multilabel_targets
+from ssprl_d2.data.subsets import (
     load_subset_ids,
-    multilabel_targets,
     register_subset,
     save_subset_ids,
     select_by_ids,
     semi_supervised_subset,
 )
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
-from ssprl_d2.data.voc import register_voc_multilabel
 from ssprl_d2.evaluation import MultiLabelMAPEvaluator
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -146,9 +145,15 @@ def test_frozen_trunk_stays_frozen_after_sgd_steps(freeze):
         assert any("running_mean" in k for k in changed) and any("weight" in k for k in changed)
     assert not torch.equal(model.head.weight, head["weight"])
     model.eval()
-    out = model(_batch(2, 32, 3, 9))
+    batch = _batch(2, 32, 3, 9)
+    out = model(batch)
     assert len(out) == 2 and out[0]["scores"].shape == (3,)
-    assert ((out[0]["scores"] >= 0) & (out[0]["scores"] <= 1)).all()
+    # scores are the sigmoid of the linear layer on the pooled, normalised trunk output
+    images = (torch.stack([x["image"] for x in batch]).float() - model.pixel_mean) / model.pixel_std
+    with torch.no_grad():
+        pooled = model.backbone(images)[model.in_feature].mean(dim=(2, 3))
+        expected = torch.sigmoid(pooled @ model.head.weight.t() + model.head.bias)
+    torch.testing.assert_close(torch.stack([o["scores"] for o in out]), expected)
 
 
 def test_exported_trunk_loads_into_classifier(tmp_path):

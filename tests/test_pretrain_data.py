@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from util import tiny_cfg
 
-from ssprl_d2.data.build import PretrainDataset, PyramidDatasetMapper
+from ssprl_d2.data.build import PretrainDataset
+from ssprl_d2.data.dataset_mapper import PyramidDatasetMapper
 
 
 def _write_images(tmp_path):
@@ -71,3 +72,21 @@ def test_same_position_gives_same_sample_other_position_differs(tmp_path):
     a, b, c = dataset[(0, 3)], dataset[(0, 3)], dataset[(0, 4)]
     assert all(torch.equal(x, y) for x, y in zip(a["crops"], b["crops"]))
     assert not all(torch.equal(x, y) for x, y in zip(a["crops"], c["crops"]))
+
+
+@pytest.mark.parametrize("place", ["model", "worker"])
+def test_mapper_marks_whether_it_applied_the_photometric_part(tmp_path, place):
+    cfg = tiny_cfg()
+    cfg.INPUT.SSPRL.PHOTOMETRIC_ON = place
+    mapper = PyramidDatasetMapper(cfg)
+    sample = mapper({"file_name": _write_images(tmp_path)[0], "image_id": 0}, seed=1)
+    assert sample["photometric_done"] == (place == "worker")
+    dtype = torch.float32 if place == "worker" else torch.uint8
+    assert all(c.dtype == dtype for c in sample["crops"])
+
+
+def test_unknown_photometric_place_is_an_error_naming_the_value():
+    cfg = tiny_cfg()
+    cfg.INPUT.SSPRL.PHOTOMETRIC_ON = "gpu"
+    with pytest.raises(ValueError, match="PHOTOMETRIC_ON.*'gpu'"):
+        PyramidDatasetMapper(cfg)

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssprl_d2.sinkhorn import sinkhorn
+from ssprl_d2.modeling.sinkhorn import sinkhorn
 
 
 def _scores(b=64, k=10, seed=0):

@@ -10,7 +10,8 @@
 
 Only trunk weights are written (heads, prototypes, g_phi and queues are dropped); the tool prints
 what it kept, dropped and renamed, and writes nothing on any error (non-zero exit). Fine-tune the
-exported weights with the deltas self-supervised RGB weights need (configs/Base-RCNN-FPN-SSL.yaml):
+exported weights with the deltas self-supervised RGB weights need
+(configs/COCO-InstanceSegmentation/Base-RCNN-FPN-SSL.yaml):
 INPUT.FORMAT RGB, PIXEL_MEAN [123.675, 116.280, 103.530], PIXEL_STD [58.395, 57.120, 57.375],
 RESNETS.STRIDE_IN_1X1 False, BACKBONE.FREEZE_AT 0.
 """

@@ -39,16 +39,25 @@ from detectron2.utils.logger import setup_logger
 import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
-from ssprl_d2.data.build import build_pretrain_loader
-from ssprl_d2.data.multilabel import build_multilabel_test_loader, build_multilabel_train_loader
+from ssprl_d2.data.build import (
+    build_multilabel_test_loader,
+    build_multilabel_train_loader,
+    build_pretrain_loader,
+)
 from ssprl_d2.engine import (
     AtomicDetectionCheckpointer,
     build_pretrain_hooks,
     build_pretrain_optimizer,
-    is_pretraining,
     verify_loaded_weights,
 )
 from ssprl_d2.evaluation import MultiLabelMAPEvaluator
+from ssprl_d2.modeling import get_task
+
+# what differs per task (ssprl_d2.modeling.task); a task without an entry uses Detectron2's default
+TRAIN_LOADERS = {"pretrain": build_pretrain_loader, "multilabel": build_multilabel_train_loader}
+TEST_LOADERS = {"multilabel": build_multilabel_test_loader}
+OPTIMIZERS = {"pretrain": build_pretrain_optimizer}
+EVALUATORS = {"multilabel": MultiLabelMAPEvaluator, "detection": COCOEvaluator}
 
 
 class Trainer(DefaultTrainer):
@@ -84,35 +93,31 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if is_pretraining(cfg):
-            return build_pretrain_loader(cfg)
-        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
-            return build_multilabel_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        build = TRAIN_LOADERS.get(get_task(cfg))
+        return build(cfg) if build else super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
-            return build_multilabel_test_loader(cfg, dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        build = TEST_LOADERS.get(get_task(cfg))
+        return build(cfg, dataset_name) if build else super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        if is_pretraining(cfg):
-            return build_pretrain_optimizer(cfg, model)
-        return super().build_optimizer(cfg, model)
+        build = OPTIMIZERS.get(get_task(cfg))
+        return build(cfg, model) if build else super().build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        if cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier":
-            return MultiLabelMAPEvaluator(dataset_name, output_dir=output_folder)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        evaluator = EVALUATORS.get(get_task(cfg))
+        if evaluator is None:
+            raise NotImplementedError(f"no evaluator for task {get_task(cfg)!r}")
+        return evaluator(dataset_name, output_dir=output_folder)
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        if is_pretraining(self.cfg):
+        if get_task(self.cfg) == "pretrain":
             size = self._trainer.data_loader.dataset_size
             # after IterationTimer and LRScheduler, before checkpointing and writing
             hooks[2:2] = build_pretrain_hooks(self.cfg, size)

@@ -101,6 +101,8 @@ def bench_training_step(
     model.train()
     saved_photometric, model.photometric = model.photometric, None
     inputs = random_crop_batch(model, batch)
+    for x in inputs:  # the photometric part is timed on its own below
+        x["photometric_done"] = True
     optimizer = Lars(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6, trust_clip=False)
     use_amp = device.type == "cuda"
 

@@ -1,29 +1,42 @@
-"""The pre-training data loader: resumable, deterministic, tolerant of bad images.
+"""Every data loader of the project (as ``detectron2/data/build.py``).
 
+Pre-training (:func:`build_pretrain_loader`): resumable, deterministic, tolerant of bad images.
 Every sample is a function of (seed, global sample position): the position fixes which image is
 read (a seeded permutation per epoch) and seeds all of its augmentation. A run resumed at
 iteration t therefore reads and augments exactly what the uninterrupted run would have.
+
+Multi-label protocols (:func:`build_multilabel_train_loader`, :func:`build_multilabel_test_loader`):
+Detectron2's own loaders with :class:`MultiLabelDatasetMapper`, optionally on a seeded subset.
 """
 import itertools
 import logging
-from typing import Dict, Iterator, List, Optional, Tuple
+import os
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.config import configurable
-from detectron2.data import get_detection_dataset_dicts
+import torch
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .image_io import BadImageError, read_image_rgb
-from .photometric import BatchPhotometric, photometric_per_image
-from .views import PyramidViewGenerator
+from .dataset_mapper import MultiLabelDatasetMapper, PyramidDatasetMapper
+from .image_io import BadImageError
+from .subsets import SUBSET_FILE, save_subset_ids, semi_supervised_subset
 
 __all__ = [
-    "PyramidDatasetMapper",
     "PositionSampler",
     "PretrainDataset",
     "PretrainLoader",
     "build_pretrain_loader",
+    "check_num_classes",
+    "build_multilabel_train_loader",
+    "build_multilabel_test_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,43 +48,6 @@ _MAX_CONSECUTIVE_BAD = 20
 def sample_seed(seed: int, position: int) -> int:
     """A 31-bit seed for the augmentation of the sample at a global position."""
     return int(np.random.default_rng([seed, position]).integers(2**31 - 1))
-
-
-class PyramidDatasetMapper:
-    """Reads one image and cuts its pyramid of crops (geometric part, uint8).
-
-    With ``photometric`` given, the photometric part also runs here (the "worker" placement);
-    otherwise the model applies it batched on the training device.
-    """
-
-    @configurable
-    def __init__(
-        self, *, views: PyramidViewGenerator, photometric: Optional[BatchPhotometric] = None
-    ):
-        self.views = views
-        self.photometric = photometric
-
-    @classmethod
-    def from_config(cls, cfg):
-        on_worker = cfg.INPUT.SSPRL.PHOTOMETRIC_ON == "worker"
-        return {
-            "views": PyramidViewGenerator(cfg),
-            "photometric": BatchPhotometric(cfg) if on_worker else None,
-        }
-
-    def __call__(self, dataset_dict: dict, seed: int) -> dict:
-        """Args: dataset_dict: a Detectron2 dataset dict with ``file_name``; seed: 31-bit int.
-
-        Returns: {"crops": list of (3, S, S) tensors in layout order, "seed", "image_id"}.
-
-        Raises: BadImageError if the file cannot be decoded.
-        """
-        image = read_image_rgb(dataset_dict["file_name"])
-        rng = np.random.default_rng(seed)
-        crops = self.views(image, rng)
-        if self.photometric is not None:
-            crops = photometric_per_image(crops, self.photometric, seed)
-        return {"crops": crops, "seed": seed, "image_id": dataset_dict.get("image_id")}
 
 
 class PositionSampler(Sampler):
@@ -168,7 +144,7 @@ class PretrainLoader:
         return iter(loader)
 
 
-def _strip(record: Dict) -> Dict:
+def _strip_pretrain(record: Dict) -> Dict:
     # only the file is needed; dropping annotations keeps worker memory small on COCO
     return {"file_name": record["file_name"], "image_id": record.get("image_id")}
 
@@ -186,7 +162,7 @@ def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) ->
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise ValueError("DATASETS.TRAIN is empty: name at least one registered dataset")
-    dicts = [_strip(d) for d in get_detection_dataset_dicts(names, filter_empty=False)]
+    dicts = [_strip_pretrain(d) for d in get_detection_dataset_dicts(names, filter_empty=False)]
     if not dicts:
         raise ValueError(f"Datasets {names} contain no images")
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
@@ -196,3 +172,89 @@ def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) ->
         len(dicts), cfg.SOLVER.IMS_PER_BATCH, seed, comm.get_rank(), comm.get_world_size()
     )
     return PretrainLoader(dataset, sampler, cfg.DATALOADER.NUM_WORKERS)
+
+
+def _thing_classes(dataset_name: str) -> Optional[List[str]]:
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("thing_classes", None) is None:
+        # datasets registered from a COCO json learn their classes when loaded
+        DatasetCatalog.get(dataset_name)
+    return meta.get("thing_classes", None)
+
+
+def check_num_classes(cfg, dataset_names: Sequence[str]) -> None:
+    """Raise unless ``MODEL.MULTILABEL.NUM_CLASSES`` equals every dataset's number of classes.
+
+    Raises:
+        ValueError: a mismatch (naming both numbers and the dataset) or no class metadata.
+    """
+    num_classes = cfg.MODEL.MULTILABEL.NUM_CLASSES
+    for name in dataset_names:
+        classes = _thing_classes(name)
+        if classes is None:
+            raise ValueError(f"dataset {name!r} has no thing_classes metadata; cannot label it")
+        if len(classes) != num_classes:
+            raise ValueError(
+                f"MODEL.MULTILABEL.NUM_CLASSES is {num_classes} but dataset {name!r} has "
+                f"{len(classes)} classes: set MODEL.MULTILABEL.NUM_CLASSES {len(classes)}"
+            )
+
+
+def _strip_multilabel(d: Dict) -> Dict:
+    """Keep what the mapper reads (COCO polygons would otherwise be copied to every worker)."""
+    out = {k: d[k] for k in ("file_name", "image_id") if k in d}
+    out["annotations"] = [
+        {k: a[k] for k in ("category_id", "difficult") if k in a} for a in d.get("annotations", ())
+    ]
+    return out
+
+
+def build_multilabel_train_loader(cfg) -> torch.utils.data.DataLoader:
+    """Training loader of the classifier over ``DATASETS.TRAIN`` (or a fraction of it).
+
+    Images without annotations stay in (all-negative). With ``DATASETS.MULTILABEL.TRAIN_FRACTION``
+    below 1 a seeded subset is used and its image ids saved to
+    ``OUTPUT_DIR/semi_supervised_subset.json``.
+
+    Raises:
+        ValueError: NUM_CLASSES differs from a training or test dataset's classes, or
+            TRAIN_FRACTION is outside (0, 1].
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    # test sets too: a mismatch there would otherwise surface only after the whole training
+    check_num_classes(cfg, names + [n for n in cfg.DATASETS.TEST if n not in names])
+    fraction = cfg.DATASETS.MULTILABEL.TRAIN_FRACTION
+    if fraction != 1.0:  # semi_supervised_subset rejects values outside (0, 1]
+        seed = cfg.DATASETS.MULTILABEL.SUBSET_SEED
+        total = len(dicts)
+        dicts = semi_supervised_subset(dicts, fraction, seed)
+        logger.info(f"Semi-supervised: {len(dicts)} of {total} training images (seed {seed})")
+        if comm.is_main_process():
+            path = os.path.join(cfg.OUTPUT_DIR, SUBSET_FILE)
+            save_subset_ids(path, dicts, names, fraction, seed)
+            logger.info(f"Subset image ids written to {path}")
+    mapper = MultiLabelDatasetMapper(cfg, is_train=True)
+    # every crop is square, so aspect-ratio grouping (which needs width/height) is pointless
+    dataset = [_strip_multilabel(d) for d in dicts]
+    return build_detection_train_loader(
+        cfg, mapper=mapper, dataset=dataset, aspect_ratio_grouping=False
+    )
+
+
+def build_multilabel_test_loader(cfg, dataset_name: str) -> torch.utils.data.DataLoader:
+    """Test loader (Resize + CenterCrop) over every image of ``dataset_name``.
+
+    Raises:
+        ValueError: NUM_CLASSES differs from the dataset's classes.
+    """
+    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    check_num_classes(cfg, [dataset_name])
+    mapper = MultiLabelDatasetMapper(cfg, is_train=False)
+    batch = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+    return build_detection_test_loader(
+        dataset=[_strip_multilabel(d) for d in dicts],
+        mapper=mapper,
+        batch_size=batch,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -1,24 +1,25 @@
-"""Dataset registrations in Detectron2's own DatasetCatalog / MetadataCatalog."""
+"""Dataset loaders and registration helpers over Detectron2's DatasetCatalog / MetadataCatalog.
+
+What is registered at import time (COCO / ImageNet image folders, the embedded dataset, VOC for
+the multi-label protocol) is listed in :mod:`ssprl_d2.data.builtin`, which builds on these helpers.
+"""
 import functools
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json, register_coco_instances
-
-from .synthetic import CATEGORY_NAMES, default_synthetic_root, ensure_synthetic_dataset
+from detectron2.data.datasets import register_coco_instances
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "datasets_root",
     "load_image_folder",
-    "register_builtin_datasets",
     "register_coco_format",
-    "register_from_cfg",
     "register_image_folder",
-    "register_synthetic_datasets",
+    "register_once",
 ]
 
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -28,22 +29,15 @@ IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 # Detectron2's catalogs stay the single source of truth.
 _SOURCE_KEY = "ssprl_source"
 
-_BUILTIN_IMAGE_FOLDERS: Dict[str, str] = {
-    "coco_2014_train_images": "coco/train2014",
-    "coco_2017_train_images": "coco/train2017",
-    "coco_2014_val_images": "coco/val2014",
-    "coco_2017_val_images": "coco/val2017",
-    "imagenet_train_images": "imagenet/train",
-}
-_SYNTHETIC_SPLITS: Dict[str, str] = {"ssprl_synthetic_train": "train", "ssprl_synthetic_val": "val"}
+def datasets_root() -> str:
+    """Return ``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2 itself reads it.
 
-
-def _datasets_root() -> str:
-    """Return ``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2 itself reads it."""
+    The one place the project reads the variable; registrations take the root from here once.
+    """
     return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
-def _register(
+def register_once(
     name: str,
     source: Tuple[str, ...],
     register_fn: Callable[[], None],
@@ -127,7 +121,7 @@ def load_image_folder(root: str) -> List[Dict]:
     return [{"file_name": f, "image_id": i} for i, f in enumerate(files)]
 
 
-def register_image_folder(name: str, root: str) -> None:
+def register_image_folder(name: str, root: str, replace_own: bool = False) -> None:
     """Register a folder of images (no labels, no class sub-folders needed) as ``name``.
 
     The folder is scanned only when the dataset is loaded.
@@ -135,11 +129,17 @@ def register_image_folder(name: str, root: str) -> None:
     Args:
         name: dataset name.
         root: folder holding the images, at any depth.
+        replace_own: as in :func:`register_once` (built-in names follow a changed root).
 
     Raises:
         ValueError: ``name`` is already registered differently.
     """
-    _register(name, ("image_folder", root), functools.partial(_register_image_folder, name, root))
+    register_once(
+        name,
+        ("image_folder", root),
+        functools.partial(_register_image_folder, name, root),
+        replace_own=replace_own,
+    )
 
 
 def _register_image_folder(name: str, root: str) -> None:
@@ -184,7 +184,7 @@ def register_coco_format(name: str, json_file: str, image_root: str) -> None:
     if json_file == "":
         register_image_folder(name, image_root)
         return
-    _register(
+    register_once(
         name,
         ("coco", json_file, image_root),
         functools.partial(_register_coco_format, name, json_file, image_root),
@@ -201,94 +201,3 @@ def _register_coco_format(name: str, json_file: str, image_root: str) -> None:
     DatasetCatalog.register(
         name, functools.partial(_load_coco_checked, json_file, image_root, name, loader)
     )
-
-
-def _load_synthetic(name: str, root: str, split: str) -> List[Dict]:
-    """Generate the synthetic dataset if needed, then load one split of it."""
-    ensure_synthetic_dataset(root)
-    json_file = os.path.join(root, "annotations", f"instances_{split}.json")
-    return load_coco_json(json_file, os.path.join(root, split), name)
-
-
-def register_synthetic_datasets(root: Optional[str] = None) -> None:
-    """Register ``ssprl_synthetic_train`` / ``ssprl_synthetic_val``; data is generated on load.
-
-    Args:
-        root: dataset root; ``$DETECTRON2_DATASETS/ssprl_synthetic`` if None. Paths are fixed
-            now (the metadata needs them) but nothing is written until the first load.
-    """
-    root = default_synthetic_root() if root is None else root
-    for name, split in _SYNTHETIC_SPLITS.items():
-        _register(
-            name,
-            ("synthetic", root, split),
-            functools.partial(_register_synthetic, name, root, split),
-            replace_own=True,
-        )
-
-
-def _register_synthetic(name: str, root: str, split: str) -> None:
-    """Do the catalog work of ``register_synthetic_datasets`` for one split."""
-    DatasetCatalog.register(name, functools.partial(_load_synthetic, name, root, split))
-    MetadataCatalog.get(name).set(
-        thing_classes=list(CATEGORY_NAMES),
-        json_file=os.path.join(root, "annotations", f"instances_{split}.json"),
-        image_root=os.path.join(root, split),
-        evaluator_type="coco",
-    )
-
-
-def register_builtin_datasets() -> None:
-    """Register the image-folder views of COCO / ImageNet and the synthetic datasets.
-
-    Detectron2's own ``coco_2017_train`` etc. (with annotations) are left as they are. Safe to
-    call repeatedly; a later call follows a changed ``DETECTRON2_DATASETS``.
-    """
-    base = _datasets_root()
-    for name, rel in _BUILTIN_IMAGE_FOLDERS.items():
-        root = os.path.join(base, rel)
-        _register(
-            name,
-            ("image_folder", root),
-            functools.partial(_register_image_folder, name, root),
-            replace_own=True,
-        )
-    register_synthetic_datasets()
-    # imported here: multilabel.py builds on this module's registration helpers
-    from .voc import register_voc_multilabel
-
-    register_voc_multilabel()
-
-
-def register_from_cfg(cfg) -> List[str]:
-    """Register the datasets listed in ``cfg.DATASETS.SSPRL.REGISTER``.
-
-    Args:
-        cfg: a config with the SS-PRL nodes; ``REGISTER`` is a flat list of string triples
-            ``[name, json_file, image_root, ...]`` (``json_file`` "" means an image folder).
-
-    Returns:
-        The names listed, in order (including ones already registered identically).
-
-    Raises:
-        ValueError: the list is malformed, or a name is already registered differently.
-    """
-    try:
-        entries = list(cfg.DATASETS.SSPRL.REGISTER)
-    except AttributeError as e:
-        raise ValueError("cfg has no DATASETS.SSPRL.REGISTER; call add_ssprl_config(cfg)") from e
-    if len(entries) % 3 != 0:
-        raise ValueError(
-            "DATASETS.SSPRL.REGISTER must be a flat list of [name, json_file, image_root] "
-            f"triples; got {len(entries)} entries: {entries!r}"
-        )
-    if not all(isinstance(e, str) for e in entries):
-        raise ValueError(f"DATASETS.SSPRL.REGISTER entries must all be strings: {entries!r}")
-    names = []
-    for i in range(0, len(entries), 3):
-        name, json_file, image_root = entries[i : i + 3]
-        if not name:
-            raise ValueError(f"DATASETS.SSPRL.REGISTER entry {i // 3} has an empty name")
-        register_coco_format(name, json_file, image_root)
-        names.append(name)
-    return names

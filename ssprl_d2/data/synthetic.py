@@ -13,6 +13,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from .datasets import datasets_root
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,8 +66,7 @@ def default_synthetic_root() -> str:
     Returns:
         ``$DETECTRON2_DATASETS/ssprl_synthetic`` (``datasets/ssprl_synthetic`` if unset).
     """
-    base = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-    return os.path.join(base, "ssprl_synthetic")
+    return os.path.join(datasets_root(), "ssprl_synthetic")
 
 
 def is_complete_dataset(root: str) -> bool:

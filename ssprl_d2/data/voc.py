@@ -1,26 +1,17 @@
 """PASCAL VOC 2007 for the multi-label protocol, keeping VOC's "difficult" flags.
 
 Detectron2's own ``voc_2007_*`` loader drops the flag that the VOC classification protocol
-needs (a class seen only as difficult in an image is not a positive of that image).
+needs (a class seen only as difficult in an image is not a positive of that image). The loader
+only; :mod:`ssprl_d2.data.builtin` registers the splits.
 """
-import functools
 import os
 import xml.etree.ElementTree as ET
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.structures import BoxMode
 
-from .datasets import _datasets_root, _register
-
-__all__ = ["VOC_CLASS_NAMES", "load_voc_multilabel", "register_voc_multilabel"]
-
-_VOC_SPLITS: Dict[str, str] = {
-    "voc_2007_trainval_multilabel": "trainval",
-    "voc_2007_test_multilabel": "test",
-}
-
+__all__ = ["VOC_CLASS_NAMES", "load_voc_multilabel"]
 
 def load_voc_multilabel(dirname: str, split: str) -> List[Dict]:
     """Load a VOC split as Detectron2 dicts, keeping each object's ``difficult`` flag.
@@ -76,33 +67,3 @@ def load_voc_multilabel(dirname: str, split: str) -> List[Dict]:
             }
         )
     return dicts
-
-
-def _register_voc(name: str, dirname: str, split: str) -> None:
-    DatasetCatalog.register(name, functools.partial(load_voc_multilabel, dirname, split))
-    MetadataCatalog.get(name).set(
-        thing_classes=list(VOC_CLASS_NAMES),
-        dirname=dirname,
-        split=split,
-        year=2007,
-        evaluator_type="multilabel",
-    )
-
-
-def register_voc_multilabel(root: Optional[str] = None) -> None:
-    """Register ``voc_2007_trainval_multilabel`` / ``voc_2007_test_multilabel`` (lazy).
-
-    Detectron2's own ``voc_2007_*`` loader drops the ``difficult`` flag that the VOC
-    classification protocol needs; these keep it.
-
-    Args:
-        root: the VOC2007 folder; ``$DETECTRON2_DATASETS/VOC2007`` if None.
-    """
-    dirname = os.path.join(_datasets_root(), "VOC2007") if root is None else root
-    for name, split in _VOC_SPLITS.items():
-        _register(
-            name,
-            ("voc_multilabel", dirname, split),
-            functools.partial(_register_voc, name, dirname, split),
-            replace_own=True,
-        )

@@ -1,7 +1,7 @@
 """Training mechanics: pre-training hooks, optimiser, checkpointing."""
 from .checkpoint import AtomicDetectionCheckpointer, WeightsMismatchError, verify_loaded_weights
 from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook, unwrap_model
-from .pretrain import build_pretrain_hooks, build_pretrain_optimizer, is_pretraining
+from .pretrain import build_pretrain_hooks, build_pretrain_optimizer
 
 __all__ = [
     "AtomicDetectionCheckpointer",
@@ -13,5 +13,4 @@ __all__ = [
     "unwrap_model",
     "build_pretrain_hooks",
     "build_pretrain_optimizer",
-    "is_pretraining",
 ]

@@ -1,4 +1,8 @@
-"""Training-time mechanics of SS-PRL that are not part of the forward, as Detectron2 hooks."""
+"""Training mechanics of the pre-trainers outside the forward pass, as Detectron2 hooks.
+
+Each hook asks the model for what it acts on (``prototype_modules()``, ``queue_modules()``), so a
+new method opts in by offering the method.
+"""
 import logging
 from typing import Iterable, List
 
@@ -6,8 +10,6 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-from ..heads import unique_modules
 
 __all__ = ["NormalizePrototypesHook", "FreezePrototypesHook", "QueueStartHook", "unwrap_model"]
 
@@ -20,8 +22,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _prototype_modules(model: nn.Module) -> List[nn.Module]:
-    model = unwrap_model(model)
-    return unique_modules(list(model.prototypes)) + list(model.cross_learners)
+    # the model names its own prototype-like modules (SS-PRL: C_s and g_phi)
+    return list(unwrap_model(model).prototype_modules())
 
 
 class NormalizePrototypesHook(HookBase):
@@ -62,7 +64,7 @@ class QueueStartHook(HookBase):
         self._announced = False
 
     def _queues(self) -> Iterable[nn.Module]:
-        return [q for q in unwrap_model(self.trainer.model).queues if q.length > 0]
+        return list(unwrap_model(self.trainer.model).queue_modules())
 
     def before_train(self):
         if self.trainer.iter > 0 and comm.get_rank() > 0:

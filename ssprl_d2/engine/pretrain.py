@@ -10,18 +10,9 @@ from torch import nn
 
 from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook
 
-__all__ = ["is_pretraining", "build_pretrain_optimizer", "build_pretrain_hooks"]
+__all__ = ["build_pretrain_optimizer", "build_pretrain_hooks"]
 
 logger = logging.getLogger(__name__)
-
-# meta-architectures trained with the pre-training loader, optimiser and hooks
-PRETRAIN_ARCHITECTURES = ("SSPRL",)
-
-
-def is_pretraining(cfg) -> bool:
-    """True when ``cfg`` trains a self-supervised pre-trainer of this project."""
-    return cfg.MODEL.META_ARCHITECTURE in PRETRAIN_ARCHITECTURES
-
 
 def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum, wrapped in LARS (timm's, no trust clipping) unless configured off.

@@ -1,5 +1,12 @@
-"""Meta-architectures registered in Detectron2's META_ARCH_REGISTRY."""
+"""Meta-architectures registered in Detectron2's META_ARCH_REGISTRY, with the parts they share.
+
+One file per meta-architecture (``ssprl.py``, ``classifier.py``); beside them the parts:
+projection heads and prototypes (``heads.py``), Sinkhorn-Knopp (``sinkhorn.py``), embedding queues
+(``queue.py``), objectives (``loss.py``) and the task each meta-architecture trains as
+(``task.py``).
+"""
 from .classifier import MultiLabelClassifier
 from .ssprl import SSPRL, group_crops_by_size
+from .task import TASKS, get_task
 
-__all__ = ["MultiLabelClassifier", "SSPRL", "group_crops_by_size"]
+__all__ = ["MultiLabelClassifier", "SSPRL", "TASKS", "get_task", "group_crops_by_size"]

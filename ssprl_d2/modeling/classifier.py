@@ -27,6 +27,9 @@ class MultiLabelClassifier(nn.Module):
     per image.
     """
 
+    # what tools/train_net.py trains this meta-architecture as (loader, evaluator)
+    task = "multilabel"
+
     @configurable
     def __init__(
         self,

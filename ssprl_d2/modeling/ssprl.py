@@ -12,18 +12,18 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..data.photometric import BatchPhotometric
+from ..data.photometric import build_photometric, group_seed
 from ..data.views import CropSpec, build_view_layout
-from ..heads import CrossScaleLearner, ProjectionHead, Prototypes
-from ..loss import (
+from .heads import CrossScaleLearner, ProjectionHead, Prototypes, unique_modules
+from .loss import (
     code_usage,
     cross_scale_loss,
     pool_patch_predictions,
     prediction_entropy,
     swapped_prediction_loss,
 )
-from ..queue import EmbeddingQueue, local_queue_length
-from ..sinkhorn import sinkhorn
+from .queue import EmbeddingQueue, local_queue_length
+from .sinkhorn import sinkhorn
 
 __all__ = ["SSPRL", "group_crops_by_size"]
 
@@ -63,11 +63,15 @@ class SSPRL(nn.Module):
     One trunk f_theta (a Detectron2 ResNet, so its weights load into Mask R-CNN unchanged), one
     projection head and one prototype set C_s per pyramid scale, and one cross-scale learner
     g_phi,s per patch scale. Training input: a list of dicts, one per image, with ``"crops"``
-    (uint8 CHW tensors in ``layout`` order, photometric augmentation still to do, or float crops
-    in [0, 1] when the data workers already did it) and ``"seed"`` (an int that makes the device
-    side augmentation reproducible). Inference input: dicts with ``"image"`` (uint8 CHW RGB);
+    (CHW tensors in ``layout`` order), ``"seed"`` (an int that makes the device-side augmentation
+    reproducible) and ``"photometric_done"`` (True when the data workers already applied the
+    photometric part and the crops are float in [0, 1]; otherwise uint8 crops are augmented here).
+    Inference input: dicts with ``"image"`` (uint8 CHW RGB);
     output: one dict per image with the pooled trunk ``"features"``.
     """
+
+    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
+    task = "pretrain"
 
     @configurable
     def __init__(
@@ -189,11 +193,6 @@ class SSPRL(nn.Module):
         ]
         if c.QUEUE_START_EPOCH < 0:
             queue_lengths = [0] * len(patches)
-        if ci.PHOTOMETRIC_ON not in ("model", "worker"):
-            raise ValueError(
-                f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'model' or 'worker', got {ci.PHOTOMETRIC_ON!r}"
-            )
-        on_model = ci.PHOTOMETRIC_ON == "model"
         return {
             "backbone": backbone,
             "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
@@ -212,7 +211,7 @@ class SSPRL(nn.Module):
             "cross_lambda": c.CROSS_LAMBDA,
             "cross_mu": c.CROSS_MU,
             "queue_lengths": queue_lengths,
-            "photometric": BatchPhotometric(cfg) if on_model else None,
+            "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -220,6 +219,17 @@ class SSPRL(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def prototype_modules(self) -> List[nn.Module]:
+        """Modules whose rows are prototypes: normalised every step, frozen at the start.
+
+        The prototype sets C_s (once each when shared) and the cross-scale learners g_phi.
+        """
+        return unique_modules(list(self.prototypes)) + list(self.cross_learners)
+
+    def queue_modules(self) -> List[EmbeddingQueue]:
+        """The per-scale embedding queues that hold anything (length above 0)."""
+        return [q for q in self.queues if q.length > 0]
 
     # ---------------------------------------------------------------- trunk
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -253,11 +263,15 @@ class SSPRL(nn.Module):
             # crop-major order: rows [k * B, (k + 1) * B) hold layout index indices[k]
             crops = torch.stack([x["crops"][i] for i in indices for x in batched_inputs])
             crops = crops.to(self.device, non_blocking=True)
-            if self.photometric is not None:
-                group_seed = None if seed is None else int(seed) * 16 + group_id
-                crops = self.photometric(crops, seed=group_seed)
-            elif crops.dtype == torch.uint8:
-                crops = crops.float() / 255.0
+            if batched_inputs[0].get("photometric_done", False):
+                crops = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops
+            elif self.photometric is not None:
+                crops = self.photometric(crops, seed=group_seed(seed, group_id))
+            else:
+                raise ValueError(
+                    "crops arrive without photometric augmentation and the model has none: "
+                    "INPUT.SSPRL.PHOTOMETRIC_ON must match between the data loader and the model"
+                )
             feats = self.pooled_features(self._normalize(crops))
             for k, i in enumerate(indices):
                 per_crop[i] = feats[k * batch : (k + 1) * batch]
