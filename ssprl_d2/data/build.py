@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .image_io import BadImageError, read_image_rgb
-from .photometric import BatchPhotometric, photometric_per_image
+from .photometric_cpu import WorkerPhotometric
 from .views import PyramidViewGenerator
 
 __all__ = [
@@ -40,13 +40,13 @@ def sample_seed(seed: int, position: int) -> int:
 class PyramidDatasetMapper:
     """Reads one image and cuts its pyramid of crops (geometric part, uint8).
 
-    With ``photometric`` given, the photometric part also runs here (the "worker" placement);
-    otherwise the model applies it batched on the training device.
+    With ``photometric`` given, the photometric part also runs here, per crop on uint8 (the
+    "worker" placement); otherwise the model applies it batched on the training device.
     """
 
     @configurable
     def __init__(
-        self, *, views: PyramidViewGenerator, photometric: Optional[BatchPhotometric] = None
+        self, *, views: PyramidViewGenerator, photometric: Optional[WorkerPhotometric] = None
     ):
         self.views = views
         self.photometric = photometric
@@ -56,7 +56,7 @@ class PyramidDatasetMapper:
         on_worker = cfg.INPUT.SSPRL.PHOTOMETRIC_ON == "worker"
         return {
             "views": PyramidViewGenerator(cfg),
-            "photometric": BatchPhotometric(cfg) if on_worker else None,
+            "photometric": WorkerPhotometric(cfg) if on_worker else None,
         }
 
     def __call__(self, dataset_dict: dict, seed: int) -> dict:
@@ -70,7 +70,7 @@ class PyramidDatasetMapper:
         rng = np.random.default_rng(seed)
         crops = self.views(image, rng)
         if self.photometric is not None:
-            crops = photometric_per_image(crops, self.photometric, seed)
+            crops = self.photometric(crops, seed)
         return {"crops": crops, "seed": seed, "image_id": dataset_dict.get("image_id")}
 
 
