@@ -19,6 +19,7 @@ def add_ssprl_config(cfg: CN) -> None:
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
     _add_multilabel_config(cfg)
+    _add_throughput_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -128,3 +129,24 @@ def _add_multilabel_config(cfg: CN) -> None:
     cfg.DATASETS.MULTILABEL.TRAIN_FRACTION = 1.0
     # seed of the random choice of that fraction (same seed, same images)
     cfg.DATASETS.MULTILABEL.SUBSET_SEED = 0
+
+
+def _add_throughput_config(cfg: CN) -> None:
+    # speed switches; the defaults are the behaviour before they existed (see tools/gpu_check.py
+    # for the measurements that would justify changing one)
+    _C = cfg.MODEL.SSPRL
+    # trunk weights and crops in channels-last memory format (faster convolutions with AMP on
+    # tensor-core GPUs; no effect on the result)
+    _C.CHANNELS_LAST = False
+    # compile the trunk with torch.compile (nn.Module.compile: state-dict names unchanged);
+    # the first steps pay the compilation, and each crop size compiles once
+    _C.COMPILE_TRUNK = False
+    # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a gradient scaler) or "bfloat16"
+    # (no scaler; needs Ampere or newer); read by tools/train_net.py for every model
+    cfg.SOLVER.SSPRL.AMP_DTYPE = "float16"
+    cfg.DATALOADER.SSPRL = CN()
+    # pre-training loader: page-locked batches, so host-to-GPU copies can overlap compute
+    cfg.DATALOADER.SSPRL.PIN_MEMORY = False
+    # pre-training loader: keep the worker processes between passes over the loader (only
+    # matters when it is iterated more than once in a process)
+    cfg.DATALOADER.SSPRL.PERSISTENT_WORKERS = False

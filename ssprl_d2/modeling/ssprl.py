@@ -93,6 +93,8 @@ class SSPRL(nn.Module):
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        channels_last: bool = False,
+        compile_trunk: bool = False,
     ):
         """
         Args:
@@ -109,6 +111,8 @@ class SSPRL(nn.Module):
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
             pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
+            channels_last: run the trunk in channels-last memory format.
+            compile_trunk: compile the trunk with ``torch.compile`` (parameter names unchanged).
         """
         super().__init__()
         self.backbone = backbone
@@ -166,6 +170,11 @@ class SSPRL(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.size_groups = group_crops_by_size(self.layout)
         self.skipped_images = 0
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile_trunk:
+            self.backbone.compile()
 
     @staticmethod
     def _scale_views(layout: Sequence[CropSpec], num_scales: int) -> List[List[List[int]]]:
@@ -215,6 +224,8 @@ class SSPRL(nn.Module):
             "photometric": BatchPhotometric(cfg) if on_model else None,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": c.CHANNELS_LAST,
+            "compile_trunk": c.COMPILE_TRUNK,
         }
 
     @property
@@ -231,6 +242,8 @@ class SSPRL(nn.Module):
         Returns:
             (N, C) features (2048 for ResNet-50).
         """
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(images)[self.in_feature]
         return F.adaptive_avg_pool2d(feats, 1).flatten(1)
 
