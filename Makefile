@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.ssprl_setup_done
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test benchmark gpu-check clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,12 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py
+
+# one command that checks a GPU machine (about 8 minutes): CUDA tests, step throughput, AMP +
+# SyncBN pre-training and resume, export, Mask R-CNN fine-tuning and evaluation;
+# writes results/gpu_check.md and results/gpu_check.json
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf output

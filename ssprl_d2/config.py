@@ -19,6 +19,7 @@ def add_ssprl_config(cfg: CN) -> None:
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
     _add_multilabel_config(cfg)
+    _add_throughput_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -48,12 +49,22 @@ def _add_model_config(cfg: CN) -> None:
     _C.CROSS_LAMBDA = 1.0
     # mu in Eq. 3: "softmax" averages p_sm over patches (paper), "scores" averages z^T C_s (release)
     _C.CROSS_MU = "softmax"
+    # L_cross targets: "paired" (paper: Q_0 with view V, Q'_0 with V') or "both" (release: each
+    # patch view predicts the codes of both 224 crops, 4 terms)
+    _C.CROSS_TARGETS = "paired"
+    # how the swapped-prediction terms of a scale (over assigned crops) and L_cross's terms
+    # combine: "sum" (the paper's equations) or "mean" (SwAV and the release); under LARS the
+    # factor cancels, under SGD "sum" doubles the step
+    _C.LOSS_REDUCTION = "sum"
     # one prototype set C_0 used at every scale (Table 4 ablation "shared across all scales")
     _C.SHARED_PROTOTYPES = False
     # iterations during which prototypes and g_phi get no update (release: 648, ~1 COCO epoch)
     _C.FREEZE_PROTOTYPES_ITERS = 648
     # queue length per scale (global, over all processes); 0 disables that scale's queue
     _C.QUEUE_LENGTHS = [1920, 5000, 5000]
+    # rounding of QUEUE_LENGTHS: "step" (down to a multiple of one step's entries, global batch x
+    # patches per image) or "release" (length minus its remainder modulo the global batch)
+    _C.QUEUE_ROUNDING = "step"
     # epoch at which the queues switch on (release: 80); negative disables queues
     _C.QUEUE_START_EPOCH = 80
 
@@ -128,3 +139,24 @@ def _add_multilabel_config(cfg: CN) -> None:
     cfg.DATASETS.MULTILABEL.TRAIN_FRACTION = 1.0
     # seed of the random choice of that fraction (same seed, same images)
     cfg.DATASETS.MULTILABEL.SUBSET_SEED = 0
+
+
+def _add_throughput_config(cfg: CN) -> None:
+    # speed switches; the defaults are the behaviour before they existed (see tools/gpu_check.py
+    # for the measurements that would justify changing one)
+    _C = cfg.MODEL.SSPRL
+    # trunk weights and crops in channels-last memory format (faster convolutions with AMP on
+    # tensor-core GPUs; no effect on the result)
+    _C.CHANNELS_LAST = False
+    # compile the trunk with torch.compile (nn.Module.compile: state-dict names unchanged);
+    # the first steps pay the compilation, and each crop size compiles once
+    _C.COMPILE_TRUNK = False
+    # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a gradient scaler) or "bfloat16"
+    # (no scaler; needs Ampere or newer); read by tools/train_net.py for every model
+    cfg.SOLVER.SSPRL.AMP_DTYPE = "float16"
+    cfg.DATALOADER.SSPRL = CN()
+    # pre-training loader: page-locked batches, so host-to-GPU copies can overlap compute
+    cfg.DATALOADER.SSPRL.PIN_MEMORY = False
+    # pre-training loader: keep the worker processes between passes over the loader (only
+    # matters when it is iterated more than once in a process)
+    cfg.DATALOADER.SSPRL.PERSISTENT_WORKERS = False

@@ -80,3 +80,48 @@ def test_collapse_signals():
     # confident predictions have low entropy, uniform ones (loss at ln K) have entropy 1
     assert prediction_entropy(spread * 10, 0.1) < 0.01
     assert prediction_entropy(torch.zeros(8, 5), 0.1) == pytest.approx(1.0)
+
+
+def _ce(q, s, tau):
+    """CE(q, softmax(s / tau)) of one row, by hand."""
+    logits = [v / tau for v in s]
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    return -sum(qk * (lk - log_z) for qk, lk in zip(q, logits))
+
+
+# one image, K = 3: two large crops (0, 1) whose codes are targets, one small crop (2)
+Q = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]
+S = [[0.9, -0.2, 0.1], [0.3, 0.5, -0.4], [-0.6, 0.2, 0.8]]
+G = [[0.2, 0.4, -0.1], [0.7, -0.3, 0.0]]  # g(mu(P_s)) of the two patch views
+TAU = 0.5
+
+
+def test_swapped_prediction_paper_sums_release_averages_the_targets():
+    t = lambda rows: [torch.tensor([r]) for r in rows]  # noqa: E731
+    per_target = [
+        (_ce(Q[0], S[1], TAU) + _ce(Q[0], S[2], TAU)) / 2,  # crop 0's codes, predicted by 1, 2
+        (_ce(Q[1], S[0], TAU) + _ce(Q[1], S[2], TAU)) / 2,  # crop 1's codes, predicted by 0, 2
+    ]
+    paper = swapped_prediction_loss(t(Q), t(S), [0, 1], TAU, "sum")
+    release = swapped_prediction_loss(t(Q), t(S), [0, 1], TAU, "mean")
+    assert paper.item() == pytest.approx(sum(per_target), rel=1e-6)
+    assert release.item() == pytest.approx(sum(per_target) / 2, rel=1e-6)
+
+
+def test_cross_scale_paper_pairs_release_predicts_both_global_codes():
+    t = lambda rows: [torch.tensor([r]) for r in rows]  # noqa: E731
+    paper = cross_scale_loss(t(Q), t(G), TAU, "paired", "sum")
+    release = cross_scale_loss(t(Q), t(G), TAU, "both", "mean")
+    expected_paper = _ce(Q[0], G[0], TAU) + _ce(Q[1], G[1], TAU)
+    expected_release = sum(_ce(q, g, TAU) for q in Q for g in G) / 4
+    assert paper.item() == pytest.approx(expected_paper, rel=1e-6)
+    assert release.item() == pytest.approx(expected_release, rel=1e-6)
+    assert paper.item() != pytest.approx(release.item(), rel=1e-3)
+
+
+def test_unknown_reduction_or_targets_are_errors_naming_the_value():
+    q, s = [torch.ones(1, 3) / 3] * 2, [torch.zeros(1, 3)] * 2
+    with pytest.raises(ValueError, match="'median'"):
+        swapped_prediction_loss(q, s, [0, 1], 0.1, "median")
+    with pytest.raises(ValueError, match="'all'"):
+        cross_scale_loss(q, s, 0.1, "all")

@@ -6,7 +6,12 @@ from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from util import random_batch, tiny_cfg
 
-from ssprl_d2.engine import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook
+from ssprl_d2.engine import (
+    FreezePrototypesHook,
+    NormalizePrototypesHook,
+    QueueStartHook,
+    RankStateHook,
+)
 from ssprl_d2.modeling import SSPRL
 
 
@@ -205,7 +210,7 @@ def test_prototypes_are_unit_norm_before_each_step():
     torch.testing.assert_close(model.prototypes[1].weight.norm(dim=1), torch.ones(6))
 
 
-def test_after_resume_only_rank_zero_keeps_the_checkpointed_queue(monkeypatch):
+def test_checkpoint_without_per_rank_state_keeps_the_queue_on_rank_zero_only(monkeypatch):
     import ssprl_d2.engine.hooks as hooks_module
 
     model = _model(**{"MODEL.SSPRL.QUEUE_LENGTHS": [16, 64, 144]})
@@ -213,10 +218,87 @@ def test_after_resume_only_rank_zero_keeps_the_checkpointed_queue(monkeypatch):
         q.active = True
     model(random_batch(model.layout, 8, seed=1))
     trainer = SimpleTrainer(model, _ListLoader([]), torch.optim.SGD(model.parameters(), lr=0.0))
-    hook = QueueStartHook(0)
+    hook = RankStateHook(checkpoint_period=10, max_iter=20)
     hook.trainer = trainer
-    trainer.iter = 5  # resumed
+    trainer.iter = 5  # resumed from a checkpoint that had no RankStateHook state
     for rank, expected in ((0, 8), (1, 0)):
         monkeypatch.setattr(hooks_module.comm, "get_rank", lambda r=rank: r)
         hook.before_train()
         assert int(model.queues[0].count) == expected
+
+
+def test_release_config_sets_every_release_value_at_once():
+    import os
+
+    from detectron2.config import get_cfg
+    from util import REPO
+
+    from ssprl_d2 import add_ssprl_config
+
+    def load(name):
+        cfg = get_cfg()
+        add_ssprl_config(cfg)
+        cfg.merge_from_file(os.path.join(REPO, "configs", "Pretrain", name))
+        return cfg
+
+    paper, release = load("ssprl_R_50_200ep_coco2014.yaml"), load(
+        "ssprl_R_50_200ep_coco2014_release.yaml"
+    )
+    c = release.MODEL.SSPRL
+    assert (c.CROSS_MU, c.CROSS_TARGETS, c.LOSS_REDUCTION, c.QUEUE_ROUNDING) == (
+        "scores", "both", "mean", "release")
+    assert release.MODEL.PIXEL_STD[0] == pytest.approx(0.228 * 255, abs=0.01)
+    p = paper.MODEL.SSPRL
+    assert (p.CROSS_MU, p.CROSS_TARGETS, p.LOSS_REDUCTION, p.QUEUE_ROUNDING) == (
+        "softmax", "paired", "sum", "step")
+
+
+def test_mean_reduction_halves_every_swapped_prediction_term():
+    # the same model and crops: with two assigned crops per scale, "mean" is exactly half of "sum"
+    model = _model()
+    batch = random_batch(model.layout, 4, seed=3)
+    for x in batch:
+        x["photometric_done"] = True
+    summed = {k: v.item() for k, v in model(batch).items()}
+    model.loss_reduction = "mean"
+    averaged = {k: v.item() for k, v in model(batch).items()}
+    for s in range(3):
+        assert averaged[f"loss_pyr_s{s}"] == pytest.approx(summed[f"loss_pyr_s{s}"] / 2, rel=1e-5)
+        if s:
+            key = f"loss_cross_s{s}"
+            assert averaged[key] == pytest.approx(summed[key] / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rounding, lengths", [("step", [1920, 4608, 4608]), ("release", [1920, 4992, 4992])]
+)
+def test_queue_rounding_paper_recipe(rounding, lengths):
+    from ssprl_d2.modeling.queue import local_queue_length
+
+    # 8 processes, global batch 128; patch scales add 4 and 9 embeddings per image and view
+    got = [
+        local_queue_length(n, 128, m, 8, rounding) * 8
+        for n, m in zip([1920, 5000, 5000], [1, 4, 9])
+    ]
+    # "step": multiples of 128 x 4 = 512 and 128 x 9 = 1152 (both 4608 from 5000);
+    # "release": 5000 - 5000 % 128 = 4992 at both patch scales
+    assert got == lengths
+
+
+
+def test_rank_state_round_trip_and_world_size_change_empties_queues():
+    model = _model(**{"MODEL.SSPRL.QUEUE_LENGTHS": [16, 64, 144]})
+    for q in model.queues:
+        q.active = True
+    model(random_batch(model.layout, 8, seed=1))
+    saved = model.rank_state_dict()
+    assert set(saved) == {f"queues.{s}.{b}" for s in range(3) for b in ("embeddings", "count")}
+    trainer = SimpleTrainer(model, _ListLoader([]), torch.optim.SGD(model.parameters(), lr=0.0))
+    hook = RankStateHook(checkpoint_period=10, max_iter=20)
+    hook.trainer = trainer
+    model.reset_rank_state()
+    assert int(model.queues[0].count) == 0
+    hook.load_state_dict({"world_size": 1, "ranks": [saved]})
+    torch.testing.assert_close(model.queues[1].embeddings, saved["queues.1.embeddings"])
+    hook.load_state_dict({"world_size": 4, "ranks": [saved] * 4})  # written by 4 processes
+    assert all(int(q.count) == 0 for q in model.queues)

@@ -74,15 +74,23 @@ def test_same_position_gives_same_sample_other_position_differs(tmp_path):
     assert not all(torch.equal(x, y) for x, y in zip(a["crops"], c["crops"]))
 
 
+def sample_file(tmp_path):
+    return _write_images(tmp_path)[0]
+
+
 @pytest.mark.parametrize("place", ["model", "worker"])
 def test_mapper_marks_whether_it_applied_the_photometric_part(tmp_path, place):
     cfg = tiny_cfg()
     cfg.INPUT.SSPRL.PHOTOMETRIC_ON = place
     mapper = PyramidDatasetMapper(cfg)
-    sample = mapper({"file_name": _write_images(tmp_path)[0], "image_id": 0}, seed=1)
+    sample = mapper({"file_name": sample_file(tmp_path), "image_id": 0}, seed=1)
     assert sample["photometric_done"] == (place == "worker")
-    dtype = torch.float32 if place == "worker" else torch.uint8
-    assert all(c.dtype == dtype for c in sample["crops"])
+    assert all(c.dtype == torch.uint8 for c in sample["crops"])
+    record = {"file_name": sample_file(tmp_path), "image_id": 0}
+    geometric = PyramidDatasetMapper(tiny_cfg())(record, seed=1)
+    same = [torch.equal(a, b) for a, b in zip(sample["crops"], geometric["crops"])]
+    # the same geometric crops; the worker placement changed (nearly) every one of them
+    assert all(same) if place == "model" else sum(same) < len(same) // 2
 
 
 def test_unknown_photometric_place_is_an_error_naming_the_value():

@@ -155,3 +155,71 @@ def test_two_cpu_processes_through_launch(small_data, tmp_path):
     rows = [r for r in _metrics(out) if "total_loss" in r]
     assert rows and rows[-1]["iteration"] == 3
     assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+def _two_process_opts(name, register, out, max_iter, period):
+    return tiny_opts(name, out, max_iter) + register + [
+        "MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.SSPRL.HEAD_NORM", "naiveSyncBN",
+        "SOLVER.CHECKPOINT_PERIOD", str(period),
+    ]
+
+
+def test_two_processes_resumed_equal_uninterrupted_and_other_world_sizes_refill(
+    small_data, tmp_path
+):
+    """Each rank's queues travel through the checkpoint; rank 1's differ from rank 0's."""
+
+    import torch
+
+    name, register = small_data
+    max_iter, stop = 7, 5  # queues on from iteration 3, full (and in Sinkhorn) from 5
+    full = str(tmp_path / "full")
+    opts = _two_process_opts(name, register, full, max_iter, stop + 1)
+    proc = _run(["--config-file", CPU_CONFIG, "--num-gpus", "2", *opts])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    ckpt = torch.load(os.path.join(full, f"model_{stop:07d}.pth"), weights_only=False)
+    per_rank = ckpt["trainer"]["hooks"]["RankStateHook"]
+    assert per_rank["world_size"] == 2 and len(per_rank["ranks"]) == 2
+    key = "queues.0.embeddings"
+    assert not torch.equal(per_rank["ranks"][0][key], per_rank["ranks"][1][key])
+    torch.testing.assert_close(per_rank["ranks"][0][key], ckpt["model"][key])
+
+    def resume_from(folder, checkpoint, world):
+        os.makedirs(folder)
+        torch.save(checkpoint, os.path.join(folder, f"model_{stop:07d}.pth"))
+        with open(os.path.join(folder, "last_checkpoint"), "w") as f:
+            f.write(f"model_{stop:07d}.pth")
+        if world == 2:
+            opts = _two_process_opts(name, register, folder, max_iter, stop + 1)
+        else:
+            opts = tiny_opts(name, folder, stop + 2) + register
+        proc = _run(["--config-file", CPU_CONFIG, "--num-gpus", str(world), "--resume", *opts])
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        return proc
+
+    def final(folder):
+        return torch.load(os.path.join(folder, "model_final.pth"), weights_only=False)
+
+    # the interrupted run: what the same two processes wrote at iteration `stop`, resumed;
+    # weights and every rank's queues end where the uninterrupted run's did
+    resumed = str(tmp_path / "resumed")
+    resume_from(resumed, ckpt, 2)
+    a, b = final(full), final(resumed)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    for r in range(2):
+        for k, v in a["trainer"]["hooks"]["RankStateHook"]["ranks"][r].items():
+            got = b["trainer"]["hooks"]["RankStateHook"]["ranks"][r][k]
+            torch.testing.assert_close(got, v, rtol=1e-4, atol=1e-5, msg=(r, k))
+
+    # control: the same checkpoint without the per-rank state (rank 1 refills) does not match
+    legacy = str(tmp_path / "legacy")
+    del ckpt["trainer"]["hooks"]["RankStateHook"]
+    resume_from(legacy, ckpt, 2)
+    c = final(legacy)
+    assert any(not torch.allclose(c["model"][k], a["model"][k], atol=1e-4) for k in a["model"])
+
+    # one process cannot split two processes' queues: it empties them and says so
+    ckpt = torch.load(os.path.join(full, f"model_{stop:07d}.pth"), weights_only=False)
+    proc = resume_from(str(tmp_path / "single"), ckpt, 1)
+    assert "per-process state of 2 processes, this run has 1" in proc.stdout

@@ -35,20 +35,37 @@ echo "[setup] installing run-time and test dependencies"
 $PIP install -q -r requirements.txt 2>&1 | filter
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if "$VENV/bin/python" -c 'import detectron2' 2>/dev/null; then
-  echo "[setup] detectron2 already present"
-elif timeout 120 $PIP install -q --no-build-isolation \
-    "git+https://github.com/facebookresearch/detectron2.git@${D2_REF}" 2>/dev/null; then
-  echo "[setup] installed detectron2 from upstream source (ref ${D2_REF})"
-else
-  echo "[setup] upstream detectron2 unreachable; falling back to sal-detectron2==0.7.2 (pure Python)"
+install_d2_fallback() {
   $PIP install -q --no-deps --only-binary=:all: --python-version 3.10 \
     --target "$SITE" --upgrade sal-detectron2==0.7.2 2>&1 | filter
+}
+if "$VENV/bin/python" -c 'import detectron2' 2>/dev/null; then
+  echo "[setup] detectron2 already present"
+# reachability on its own, with a short limit; the build itself gets no limit (compiling the
+# CUDA ops takes several minutes, and a killed build would silently fall back)
+elif timeout 15 git ls-remote --heads https://github.com/facebookresearch/detectron2.git \
+    >/dev/null 2>&1; then
+  echo "[setup] building detectron2 from upstream source (ref ${D2_REF}); with CUDA this takes minutes"
+  if ! $PIP install -q --no-build-isolation \
+      "git+https://github.com/facebookresearch/detectron2.git@${D2_REF}" 2>&1 | filter; then
+    echo "[setup] WARNING: the upstream detectron2 build FAILED (see above); falling back to" \
+      "sal-detectron2==0.7.2 (pure Python)"
+    install_d2_fallback
+  fi
+else
+  echo "[setup] github.com unreachable (15 s); falling back to sal-detectron2==0.7.2 (pure Python)"
+  install_d2_fallback
 fi
 $PIP install -q --no-deps --no-build-isolation -e . 2>&1 | filter
 "$VENV/bin/python" - <<'PY'
 import detectron2, torch, torchvision
 print(f"[setup] detectron2 {detectron2.__version__} from {detectron2.__file__}")
+try:
+    from detectron2 import _C  # noqa: F401
+    print("[setup] detectron2 compiled ops (_C): load")
+except ImportError as e:
+    print(f"[setup] detectron2 compiled ops (_C): not loadable ({e}); ResNet, FPN, Mask R-CNN "
+          "and the COCO evaluator do not need them")
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"CUDA available: {torch.cuda.is_available()}")
 PY

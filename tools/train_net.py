@@ -80,8 +80,10 @@ class Trainer(DefaultTrainer):
         on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         ddp_kwargs = {"device_ids": None} if on_cpu else {}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(model, data_loader, optimizer, **amp_options(cfg))
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
@@ -135,6 +137,18 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
+
+
+def amp_options(cfg):
+    """AMPTrainer's autocast dtype from SOLVER.SSPRL.AMP_DTYPE; bfloat16 needs no loss scaling."""
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    name = cfg.SOLVER.SSPRL.AMP_DTYPE
+    if name not in dtypes:
+        raise ValueError(f"SOLVER.SSPRL.AMP_DTYPE must be one of {sorted(dtypes)}, got {name!r}")
+    options = {"precision": dtypes[name]}
+    if name == "bfloat16":
+        options["grad_scaler"] = torch.amp.GradScaler("cuda", enabled=False)
+    return options
 
 
 def check_weights(cfg, checkpointer, model, required_prefix):

@@ -81,7 +81,12 @@ def trunk_flops_per_image(model: SSPRL) -> float:
 
 
 def bench_training_step(
-    model: SSPRL, photometric: BatchPhotometric, batch: int, iters: int = 5, warmup: int = 2
+    model: SSPRL,
+    photometric: BatchPhotometric,
+    batch: int,
+    iters: int = 5,
+    warmup: int = 2,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> Dict[str, float]:
     """Time one SS-PRL step and the trunk alone, forward + backward, on the same crops.
 
@@ -93,6 +98,7 @@ def bench_training_step(
         photometric: the batched photometric module to time.
         batch: images per step.
         iters, warmup: timed and untimed repetitions (the median is reported).
+        amp_dtype: autocast dtype on CUDA (the CPU runs in float32).
 
     Returns:
         dict of figures (seconds, ratios, counts).
@@ -115,7 +121,7 @@ def bench_training_step(
 
     def full_step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss = sum(model(inputs).values())
         loss.backward()
         optimizer.step()
@@ -124,7 +130,7 @@ def bench_training_step(
 
     def trunk_step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss = sum(
                 model.pooled_features(model._normalize(g.float() / 255.0)).sum() for g in groups
             )

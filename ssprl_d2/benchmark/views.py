@@ -16,7 +16,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image, ImageFilter
 
+from ..data.augmentation import group_seed
 from ..data.photometric import BatchPhotometric, photometric_per_image
+from ..data.photometric_cpu import WorkerPhotometric
 from ..data.views import PyramidViewGenerator, grid_cell_offsets
 
 __all__ = ["reference_swav_pipeline", "bench_view_generator", "random_texture_images"]
@@ -210,7 +212,9 @@ def bench_view_generator(
     """Measure view-generation throughput per data worker (one CPU thread) and on the device.
 
     Figures: (i) the geometric generator, (ii) the release-style per-crop PIL pipeline,
-    (iii) geometric + :class:`BatchPhotometric` on the CPU per image (the "worker" placement),
+    (iii) geometric + :class:`WorkerPhotometric` per crop on uint8 (the "worker" placement),
+    (iii') geometric + :class:`BatchPhotometric` run on the CPU per image (the batched float
+    module in a worker, the worker placement before the uint8 path),
     (iv) the batched photometric step on ``device`` for ``device_batch`` images, whose crops are
     grouped by size (the "model" placement), as milliseconds per image, and for scale (v) the
     release pipeline's geometric part alone (PIL crops + ToTensor).
@@ -226,7 +230,8 @@ def bench_view_generator(
 
     Returns:
         dict with ``geometric_img_s``, ``reference_img_s``, ``geometric_cpu_photometric_img_s``,
-        ``device_photometric_ms_per_img``, ``reference_geometric_img_s``, ``device``,
+        ``geometric_batched_cpu_photometric_img_s`` (iii'), ``device_photometric_ms_per_img``,
+        ``reference_geometric_img_s``, ``device``,
         ``crops_per_image``, ``speedup_geometric_vs_reference`` (= (i) / (ii)),
         ``speedup_worker_photometric_vs_reference`` (= (iii) / (ii)) and
         ``speedup_geometric_vs_reference_geometric`` (= (i) / (v)).
@@ -234,6 +239,7 @@ def bench_view_generator(
     view_kwargs, photometric_kwargs = _split_recipe(cfg_or_kwargs)
     generator = PyramidViewGenerator(**view_kwargs)
     photometric = BatchPhotometric(**photometric_kwargs)
+    worker_photometric = WorkerPhotometric(**photometric_kwargs)
     reference = reference_swav_pipeline(view_kwargs, photometric_kwargs)
     reference_geometric = reference_swav_pipeline(view_kwargs, None)
     pil_images = [Image.fromarray(img) for img in images]
@@ -251,6 +257,9 @@ def bench_view_generator(
         ref = _images_per_second(lambda i: reference(pil_images[i % n]), iters)
         ref_geometric = _images_per_second(lambda i: reference_geometric(pil_images[i % n]), iters)
         worker = _images_per_second(
+            lambda i: worker_photometric(generator(images[i % n], rng), seed + i), iters
+        )
+        batched_on_cpu = _images_per_second(
             lambda i: photometric_per_image(generator(images[i % n], rng), photometric, seed + i),
             iters,
         )
@@ -264,6 +273,7 @@ def bench_view_generator(
         "geometric_img_s": geometric,
         "reference_img_s": ref,
         "geometric_cpu_photometric_img_s": worker,
+        "geometric_batched_cpu_photometric_img_s": batched_on_cpu,
         "device_photometric_ms_per_img": device_ms,
         "reference_geometric_img_s": ref_geometric,
         "device": str(dev),
@@ -294,7 +304,7 @@ def _device_photometric_ms(
 
     def step(seed: int) -> None:
         for j, stack in enumerate(stacks):
-            photometric(stack, seed=seed * 16 + j)
+            photometric(stack, seed=group_seed(seed, j))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

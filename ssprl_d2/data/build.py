@@ -120,8 +120,17 @@ def _list_collate(batch: List[dict]) -> List[dict]:
 class PretrainLoader:
     """Iterable of lists of mapped samples; ``set_start_iter`` makes a resumed run exact."""
 
-    def __init__(self, dataset: PretrainDataset, sampler: PositionSampler, num_workers: int):
+    def __init__(
+        self,
+        dataset: PretrainDataset,
+        sampler: PositionSampler,
+        num_workers: int,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ):
         self.dataset, self.sampler, self.num_workers = dataset, sampler, num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
 
     @property
     def dataset_size(self) -> int:
@@ -138,7 +147,8 @@ class PretrainLoader:
             sampler=self.sampler,
             num_workers=self.num_workers,
             collate_fn=_list_collate,
-            persistent_workers=False,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
             prefetch_factor=2 if self.num_workers > 0 else None,
         )
         return iter(loader)
@@ -171,7 +181,14 @@ def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) ->
     sampler = PositionSampler(
         len(dicts), cfg.SOLVER.IMS_PER_BATCH, seed, comm.get_rank(), comm.get_world_size()
     )
-    return PretrainLoader(dataset, sampler, cfg.DATALOADER.NUM_WORKERS)
+    speed = cfg.DATALOADER.SSPRL
+    return PretrainLoader(
+        dataset,
+        sampler,
+        cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=speed.PIN_MEMORY,
+        persistent_workers=speed.PERSISTENT_WORKERS,
+    )
 
 
 def _thing_classes(dataset_name: str) -> Optional[List[str]]:

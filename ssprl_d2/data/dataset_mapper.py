@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
+from .augmentation import build_photometric
 from .image_io import BadImageError, read_image_rgb
-from .photometric import BatchPhotometric, build_photometric, photometric_per_image
+from .photometric_cpu import WorkerPhotometric
 from .views import PyramidViewGenerator, resize_square, sample_resized_crop_box
 
 __all__ = ["PyramidDatasetMapper", "MultiLabelDatasetMapper", "multilabel_targets"]
@@ -25,13 +26,13 @@ logger = logging.getLogger(__name__)
 class PyramidDatasetMapper:
     """Reads one image and cuts its pyramid of crops (geometric part, uint8).
 
-    With ``photometric`` given, the photometric part also runs here (the "worker" placement);
-    otherwise the model applies it batched on the training device.
+    With ``photometric`` given, the photometric part also runs here, per crop on uint8 (the
+    "worker" placement); otherwise the model applies it batched on the training device.
     """
 
     @configurable
     def __init__(
-        self, *, views: PyramidViewGenerator, photometric: Optional[BatchPhotometric] = None
+        self, *, views: PyramidViewGenerator, photometric: Optional[WorkerPhotometric] = None
     ):
         self.views = views
         self.photometric = photometric
@@ -47,7 +48,8 @@ class PyramidDatasetMapper:
         """Args: dataset_dict: a Detectron2 dataset dict with ``file_name``; seed: 31-bit int.
 
         Returns: {"crops": list of (3, S, S) tensors in layout order, "seed", "image_id",
-            "photometric_done"} (True when the crops are already augmented floats in [0, 1]).
+            "photometric_done"} (True when the workers already applied the photometric part;
+            the crops are uint8 either way).
 
         Raises: BadImageError if the file cannot be decoded.
         """
@@ -56,7 +58,7 @@ class PyramidDatasetMapper:
         crops = self.views(image, rng)
         done = self.photometric is not None
         if done:
-            crops = photometric_per_image(crops, self.photometric, seed)
+            crops = self.photometric(crops, seed)
         return {
             "crops": crops,
             "seed": seed,

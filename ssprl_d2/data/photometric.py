@@ -32,8 +32,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "BatchPhotometric",
-    "build_photometric",
-    "group_seed",
     "photometric_per_image",
     "rotate_hue",
     "seeded_torch_rng",
@@ -291,53 +289,3 @@ def photometric_per_image(
                 out[i] = augmented
     return out  # type: ignore[return-value]
 
-
-# where INPUT.SSPRL.PHOTOMETRIC_ON may place the photometric part
-PHOTOMETRIC_PLACES = ("model", "worker")
-
-
-def build_photometric(cfg, where: str) -> Optional[BatchPhotometric]:
-    """The photometric module for ``where`` ("model" or "worker"), or None if it runs elsewhere.
-
-    The one place that reads and validates ``INPUT.SSPRL.PHOTOMETRIC_ON`` (as Detectron2's
-    ``build_augmentation(cfg, is_train)``): the data mapper asks for "worker", the model for
-    "model", and exactly one of them gets the module.
-
-    Args:
-        cfg: a config with ``INPUT.SSPRL``.
-        where: the caller's place, "model" or "worker".
-
-    Returns:
-        a :class:`BatchPhotometric` when ``PHOTOMETRIC_ON`` equals ``where``, else None.
-
-    Raises:
-        ValueError: ``PHOTOMETRIC_ON`` or ``where`` is not one of "model", "worker".
-    """
-    placed = cfg.INPUT.SSPRL.PHOTOMETRIC_ON
-    if placed not in PHOTOMETRIC_PLACES:
-        raise ValueError(
-            f"INPUT.SSPRL.PHOTOMETRIC_ON must be one of {PHOTOMETRIC_PLACES}, got {placed!r}"
-        )
-    if where not in PHOTOMETRIC_PLACES:
-        raise ValueError(f"where must be one of {PHOTOMETRIC_PLACES}, got {where!r}")
-    return BatchPhotometric(cfg) if placed == where else None
-
-
-def group_seed(seed: Optional[int], group: int) -> Optional[int]:
-    """Seed of the photometric draw for one group of equal-size crops of a sample or batch.
-
-    The one rule shared by the model (a batch's crops of one size) and the benchmarks, so the
-    same sample seed gives the same augmentation whichever code path applies it.
-
-    Args:
-        seed: the sample's (or batch's first sample's) seed; None keeps the global streams.
-        group: index of the crop-size group (at most 15).
-
-    Returns:
-        ``seed * 16 + group``, or None when ``seed`` is None.
-    """
-    if seed is None:
-        return None
-    if not 0 <= group < 16:
-        raise ValueError(f"crop-size group {group} outside 0..15")
-    return int(seed) * 16 + group

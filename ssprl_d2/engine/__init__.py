@@ -1,6 +1,12 @@
 """Training mechanics: pre-training hooks, optimiser, checkpointing."""
 from .checkpoint import AtomicDetectionCheckpointer, WeightsMismatchError, verify_loaded_weights
-from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook, unwrap_model
+from .hooks import (
+    FreezePrototypesHook,
+    NormalizePrototypesHook,
+    QueueStartHook,
+    RankStateHook,
+    unwrap_model,
+)
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer
 
 __all__ = [
@@ -10,6 +16,7 @@ __all__ = [
     "FreezePrototypesHook",
     "NormalizePrototypesHook",
     "QueueStartHook",
+    "RankStateHook",
     "unwrap_model",
     "build_pretrain_hooks",
     "build_pretrain_optimizer",

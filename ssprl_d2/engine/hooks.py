@@ -11,7 +11,13 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["NormalizePrototypesHook", "FreezePrototypesHook", "QueueStartHook", "unwrap_model"]
+__all__ = [
+    "NormalizePrototypesHook",
+    "FreezePrototypesHook",
+    "QueueStartHook",
+    "RankStateHook",
+    "unwrap_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +59,7 @@ class FreezePrototypesHook(HookBase):
 
 
 class QueueStartHook(HookBase):
-    """Switch the embedding queues on from ``start_iter`` (the release's epoch 80).
-
-    Checkpoints hold the queues of rank 0 only; after a resume the other ranks empty theirs and
-    refill them, so Sinkhorn never sees rank 0's embeddings several times over.
-    """
+    """Switch the embedding queues on from ``start_iter`` (the release's epoch 80)."""
 
     def __init__(self, start_iter: int):
         self.start_iter = start_iter
@@ -66,12 +68,6 @@ class QueueStartHook(HookBase):
     def _queues(self) -> Iterable[nn.Module]:
         return list(unwrap_model(self.trainer.model).queue_modules())
 
-    def before_train(self):
-        if self.trainer.iter > 0 and comm.get_rank() > 0:
-            for queue in self._queues():
-                queue.embeddings.zero_()
-                queue.count.zero_()
-
     def before_step(self):
         active = self.start_iter >= 0 and self.trainer.iter >= self.start_iter
         for queue in self._queues():
@@ -79,3 +75,65 @@ class QueueStartHook(HookBase):
         if active and not self._announced and self._queues():
             logger.info(f"Embedding queues on from iteration {self.trainer.iter}")
             self._announced = True
+
+
+class RankStateHook(HookBase):
+    """Every process's own state (SS-PRL: its embedding queues) in the checkpoint, per rank.
+
+    The model's buffers in a checkpoint are rank 0's; other ranks hold different queues. At each
+    iteration where the periodic checkpointer (rank 0 only) saves, this hook gathers
+    ``model.rank_state_dict()`` of every rank to rank 0 (a collective: it runs on all ranks), and
+    the trainer's state (``state_dict``) carries the list. On resume every rank takes its own
+    entry back. A checkpoint written by a different number of processes cannot be split: the
+    per-rank state is emptied on every rank with a warning (queues refill within their length
+    in iterations), never silently mixed. A checkpoint without per-rank state (written before
+    this hook existed) keeps rank 0's queue on rank 0 and empties the others.
+    """
+
+    def __init__(self, checkpoint_period: int, max_iter: int):
+        """
+        Args:
+            checkpoint_period, max_iter: as given to Detectron2's PeriodicCheckpointer, so the
+                gathered state is the state of the iteration it saves.
+        """
+        self.checkpoint_period = checkpoint_period
+        self.max_iter = max_iter
+        self._gathered: dict = {}
+        self._restored = False
+
+    def _model(self) -> nn.Module:
+        return unwrap_model(self.trainer.model)
+
+    def _saves_now(self, iteration: int) -> bool:
+        # fvcore's PeriodicCheckpointer.step: every period, and the final iteration
+        return (iteration + 1) % self.checkpoint_period == 0 or iteration >= self.max_iter - 1
+
+    def after_step(self):
+        if not self._saves_now(self.trainer.iter):
+            return
+        states = comm.gather(self._model().rank_state_dict(), dst=0)
+        if comm.is_main_process():
+            self._gathered = {"world_size": comm.get_world_size(), "ranks": states}
+
+    def state_dict(self) -> dict:
+        return self._gathered
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        model, world = self._model(), comm.get_world_size()
+        saved_world = state_dict.get("world_size")
+        if saved_world != world:
+            logger.warning(
+                f"The checkpoint holds the per-process state of {saved_world} processes, this "
+                f"run has {world}: every process empties its queues, which refill from the next "
+                "iterations (resume with the same number of processes to continue exactly)"
+            )
+            model.reset_rank_state()
+        else:
+            model.load_rank_state_dict(state_dict["ranks"][comm.get_rank()])
+        self._restored = True
+
+    def before_train(self):
+        if self.trainer.iter > 0 and not self._restored and comm.get_rank() > 0:
+            # an older checkpoint: only rank 0's state is in it; the others must not reuse it
+            logger.warning("The checkpoint has no per-process state; this rank's queues refill")
+            self._model().reset_rank_state()

@@ -8,7 +8,7 @@ from detectron2.engine import HookBase
 from timm.optim import Lars
 from torch import nn
 
-from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook
+from .hooks import FreezePrototypesHook, NormalizePrototypesHook, QueueStartHook, RankStateHook
 
 __all__ = ["build_pretrain_optimizer", "build_pretrain_hooks"]
 
@@ -52,7 +52,7 @@ def iterations_per_epoch(dataset_size: int, global_batch: int) -> int:
 
 
 def build_pretrain_hooks(cfg, dataset_size: int) -> List[HookBase]:
-    """Prototype normalisation, the prototype freeze window and the queue switch.
+    """Per-rank checkpoint state, prototype normalisation, the freeze window and the queue switch.
 
     Args:
         cfg: the pre-training config.
@@ -69,6 +69,7 @@ def build_pretrain_hooks(cfg, dataset_size: int) -> List[HookBase]:
         )
         logger.info(f"Queues switch on at iteration {start_iter} (epoch {c.QUEUE_START_EPOCH})")
     return [
+        RankStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
         QueueStartHook(start_iter),
         NormalizePrototypesHook(),
         FreezePrototypesHook(c.FREEZE_PROTOTYPES_ITERS),

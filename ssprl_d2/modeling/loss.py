@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "REDUCTIONS",
+    "CROSS_TARGETS",
     "cross_entropy_with_codes",
     "swapped_prediction_loss",
     "cross_scale_loss",
@@ -16,6 +18,21 @@ __all__ = [
     "code_usage",
     "prediction_entropy",
 ]
+
+
+# how the terms of one scale's swapped prediction and of L_cross combine: "sum" as the paper's
+# equations read, "mean" as SwAV and the authors' release compute them
+REDUCTIONS = ("sum", "mean")
+# which global codes a patch view's pooled prediction is trained against in L_cross: "paired"
+# (paper: Q_0 with view V, Q'_0 with view V') or "both" (release: both 224 crops' codes)
+CROSS_TARGETS = ("paired", "both")
+
+
+def _reduce(terms: Sequence[torch.Tensor], reduction: str) -> torch.Tensor:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"LOSS_REDUCTION must be one of {REDUCTIONS}, got {reduction!r}")
+    stacked = torch.stack(list(terms))
+    return stacked.sum() if reduction == "sum" else stacked.mean()
 
 
 def cross_entropy_with_codes(
@@ -40,32 +57,35 @@ def swapped_prediction_loss(
     scores: Sequence[torch.Tensor],
     crops_for_assign: Sequence[int],
     temperature: float,
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """Swapped prediction of one pyramid scale (one scale's term of Eq. 2 without alpha_s).
 
     For every view i in ``crops_for_assign``, every other view v predicts q_i; the terms of one
-    target are averaged over the predicting views and summed over the targets. With two views this
-    is exactly CE(q', p) + CE(q, p'); at scale 0 with multi-crop, every crop predicts the codes of
-    the other large crop. At a patch scale rows are the B * M_s patches, so the mean over rows is
-    the 1 / M_s sum over m of Eq. 2 averaged over the batch.
+    target are averaged over the predicting views, then summed (paper) or averaged (SwAV and the
+    release) over the targets. With two views and "sum" this is exactly CE(q', p) + CE(q, p'); at
+    scale 0 with multi-crop, every crop predicts the codes of the other large crop. At a patch
+    scale rows are the B * M_s patches, so the mean over rows is the 1 / M_s sum over m of Eq. 2
+    averaged over the batch.
 
     Args:
         codes: codes[j] (N, K) of view crops_for_assign[j].
         scores: scores[v] (N, K) of every view v of this scale.
         crops_for_assign: the indices into ``scores`` whose codes are targets.
         temperature: tau.
+        reduction: "sum" or "mean" over the targets.
 
     Returns:
         scalar tensor.
     """
     if len(codes) != len(crops_for_assign):
         raise ValueError(f"{len(codes)} codes for {len(crops_for_assign)} assigned crops")
-    total = scores[0].new_zeros((), dtype=torch.float32)
+    per_target = []
     for q, i in zip(codes, crops_for_assign):
         others = [v for v in range(len(scores)) if v != i]
         terms = [cross_entropy_with_codes(q, scores[v], temperature) for v in others]
-        total = total + torch.stack(terms).mean()
-    return total
+        per_target.append(torch.stack(terms).mean())
+    return _reduce(per_target, reduction)
 
 
 def pool_patch_predictions(patch_scores: torch.Tensor, mu: str, temperature: float) -> torch.Tensor:
@@ -91,21 +111,35 @@ def cross_scale_loss(
     global_codes: Sequence[torch.Tensor],
     projected: Sequence[torch.Tensor],
     temperature: float,
+    targets: str = "paired",
+    reduction: str = "sum",
 ) -> torch.Tensor:
-    """One patch scale's term of Eq. 3 without beta_s: CE(Q_0, g(mu(P_s))) + CE(Q'_0, g(mu(P'_s))).
+    """One patch scale's term of Eq. 3 without beta_s.
+
+    Paper ("paired", "sum"): CE(Q_0, g(mu(P_s))) + CE(Q'_0, g(mu(P'_s))). Release ("both",
+    "mean"): every patch view predicts the codes of both large crops, and the four terms are
+    averaged.
 
     Args:
         global_codes: (Q_0, Q'_0), each (B, K_0), codes of the two large scale-0 crops.
         projected: (g(mu(P_s)), g(mu(P'_s))), each (B, K_0) scores before the temperature.
         temperature: tau.
+        targets: "paired" or "both" (:data:`CROSS_TARGETS`).
+        reduction: "sum" or "mean" over the terms (:data:`REDUCTIONS`).
 
     Returns:
         scalar tensor.
     """
-    if len(global_codes) != len(projected):
-        raise ValueError(f"{len(global_codes)} code sets for {len(projected)} patch views")
-    terms = [cross_entropy_with_codes(q, g, temperature) for q, g in zip(global_codes, projected)]
-    return torch.stack(terms).sum()
+    if targets == "paired":
+        if len(global_codes) != len(projected):
+            raise ValueError(f"{len(global_codes)} code sets for {len(projected)} patch views")
+        pairs = list(zip(global_codes, projected))
+    elif targets == "both":
+        pairs = [(q, g) for g in projected for q in global_codes]
+    else:
+        raise ValueError(f"CROSS_TARGETS must be one of {CROSS_TARGETS}, got {targets!r}")
+    terms = [cross_entropy_with_codes(q, g, temperature) for q, g in pairs]
+    return _reduce(terms, reduction)
 
 
 @torch.no_grad()

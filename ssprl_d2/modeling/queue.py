@@ -4,24 +4,39 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingQueue", "local_queue_length"]
+__all__ = ["QUEUE_ROUNDINGS", "EmbeddingQueue", "local_queue_length"]
+
+# "step": a multiple of one step's entries (global batch x patches); "release": the authors' code,
+# the length minus its remainder modulo the global batch (patch scales included)
+QUEUE_ROUNDINGS = ("step", "release")
 
 
-def local_queue_length(global_length: int, global_step_entries: int, world_size: int) -> int:
-    """Per-process queue length: the global length trimmed to a multiple of one step's entries.
+def local_queue_length(
+    global_length: int,
+    global_batch: int,
+    patches: int,
+    world_size: int,
+    rounding: str = "step",
+) -> int:
+    """Per-process queue length: the global length trimmed, then split over the processes.
 
     Args:
         global_length: configured length over all processes (0 disables the queue).
-        global_step_entries: embeddings one step adds over all processes per view
-            (global batch x patches per image).
+        global_batch: images per step over all processes.
+        patches: embeddings per image and view at this scale (1, or M_s at a patch scale).
         world_size: number of processes.
+        rounding: "step" trims to a multiple of one step's entries (global_batch x patches);
+            "release" subtracts the remainder modulo the global batch, as the authors' code.
 
     Returns:
-        the length of this process's queue (0 when the global length is below one step).
+        the length of this process's queue (0 when the global length is below one unit).
     """
+    if rounding not in QUEUE_ROUNDINGS:
+        raise ValueError(f"QUEUE_ROUNDING must be one of {QUEUE_ROUNDINGS}, got {rounding!r}")
     if global_length <= 0:
         return 0
-    trimmed = (global_length // global_step_entries) * global_step_entries
+    unit = global_batch * patches if rounding == "step" else global_batch
+    trimmed = (global_length // unit) * unit
     return trimmed // world_size
 
 

@@ -12,10 +12,12 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..data.photometric import build_photometric, group_seed
+from ..data.augmentation import build_photometric, group_seed
 from ..data.views import CropSpec, build_view_layout
 from .heads import CrossScaleLearner, ProjectionHead, Prototypes, unique_modules
 from .loss import (
+    CROSS_TARGETS,
+    REDUCTIONS,
     code_usage,
     cross_scale_loss,
     pool_patch_predictions,
@@ -63,9 +65,9 @@ class SSPRL(nn.Module):
     One trunk f_theta (a Detectron2 ResNet, so its weights load into Mask R-CNN unchanged), one
     projection head and one prototype set C_s per pyramid scale, and one cross-scale learner
     g_phi,s per patch scale. Training input: a list of dicts, one per image, with ``"crops"``
-    (CHW tensors in ``layout`` order), ``"seed"`` (an int that makes the device-side augmentation
-    reproducible) and ``"photometric_done"`` (True when the data workers already applied the
-    photometric part and the crops are float in [0, 1]; otherwise uint8 crops are augmented here).
+    (uint8 CHW tensors in ``layout`` order), ``"seed"`` (an int that makes the device-side
+    augmentation reproducible) and ``"photometric_done"`` (True when the data workers already
+    applied the photometric part; otherwise it is applied here, batched).
     Inference input: dicts with ``"image"`` (uint8 CHW RGB);
     output: one dict per image with the pooled trunk ``"features"``.
     """
@@ -93,10 +95,14 @@ class SSPRL(nn.Module):
         cross_weights: Sequence[float],
         cross_lambda: float = 1.0,
         cross_mu: str = "softmax",
+        cross_targets: str = "paired",
+        loss_reduction: str = "sum",
         queue_lengths: Sequence[int] = (),
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        channels_last: bool = False,
+        compile_trunk: bool = False,
     ):
         """
         Args:
@@ -109,10 +115,15 @@ class SSPRL(nn.Module):
             crops_for_assign: scale-0 crops whose codes are targets.
             pyr_weights: alpha_s, s = 0..S. cross_weights: beta_s, s = 1..S.
             cross_lambda: lambda of Eq. 4. cross_mu: "softmax" (paper) or "scores" (release).
+            cross_targets: "paired" (paper) or "both" (release), see :func:`cross_scale_loss`.
+            loss_reduction: "sum" (paper) or "mean" (SwAV, release) over the assigned crops of a
+                scale and over L_cross's terms.
             queue_lengths: per-process queue length per scale (0: none).
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
             pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
+            channels_last: run the trunk in channels-last memory format.
+            compile_trunk: compile the trunk with ``torch.compile`` (parameter names unchanged).
         """
         super().__init__()
         self.backbone = backbone
@@ -131,6 +142,10 @@ class SSPRL(nn.Module):
             )
         if cross_mu not in ("softmax", "scores"):
             raise ValueError(f"CROSS_MU must be 'softmax' or 'scores', got {cross_mu!r}")
+        if cross_targets not in CROSS_TARGETS:
+            raise ValueError(f"CROSS_TARGETS must be one of {CROSS_TARGETS}, got {cross_targets!r}")
+        if loss_reduction not in REDUCTIONS:
+            raise ValueError(f"LOSS_REDUCTION must be one of {REDUCTIONS}, got {loss_reduction!r}")
         self.scale_views = self._scale_views(self.layout, self.num_scales)
         self.patches_per_scale = [
             max(spec.patch for spec in self.layout if spec.scale == s) + 1
@@ -166,10 +181,17 @@ class SSPRL(nn.Module):
         self.cross_weights = list(cross_weights)
         self.cross_lambda = cross_lambda
         self.cross_mu = cross_mu
+        self.cross_targets = cross_targets
+        self.loss_reduction = loss_reduction
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.size_groups = group_crops_by_size(self.layout)
         self.skipped_images = 0
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile_trunk:
+            self.backbone.compile()
 
     @staticmethod
     def _scale_views(layout: Sequence[CropSpec], num_scales: int) -> List[List[List[int]]]:
@@ -188,7 +210,7 @@ class SSPRL(nn.Module):
         global_batch = cfg.SOLVER.IMS_PER_BATCH
         patches = [1] + [g * g for g in ci.GRIDS]
         queue_lengths = [
-            local_queue_length(length, global_batch * m, world)
+            local_queue_length(length, global_batch, m, world, c.QUEUE_ROUNDING)
             for length, m in zip(list(c.QUEUE_LENGTHS) or [0] * len(patches), patches)
         ]
         if c.QUEUE_START_EPOCH < 0:
@@ -210,10 +232,14 @@ class SSPRL(nn.Module):
             "cross_weights": c.CROSS_WEIGHTS,
             "cross_lambda": c.CROSS_LAMBDA,
             "cross_mu": c.CROSS_MU,
+            "cross_targets": c.CROSS_TARGETS,
+            "loss_reduction": c.LOSS_REDUCTION,
             "queue_lengths": queue_lengths,
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": c.CHANNELS_LAST,
+            "compile_trunk": c.COMPILE_TRUNK,
         }
 
     @property
@@ -231,6 +257,33 @@ class SSPRL(nn.Module):
         """The per-scale embedding queues that hold anything (length above 0)."""
         return [q for q in self.queues if q.length > 0]
 
+    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
+        """This process's own state, which differs between processes: the queue buffers.
+
+        Returns:
+            {state-dict name: CPU tensor} of every queue buffer.
+        """
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.state_dict().items()
+            if k.startswith("queues.")
+        }
+
+    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`rank_state_dict` returned (on this process)."""
+        own = self.state_dict()
+        if set(state) != {k for k in own if k.startswith("queues.")}:
+            raise ValueError(f"per-process state has keys {sorted(state)}; expected the queues")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def reset_rank_state(self) -> None:
+        """Empty every queue (it refills, and joins Sinkhorn again once full)."""
+        for queue in self.queue_modules():
+            queue.embeddings.zero_()
+            queue.count.zero_()
+
     # ---------------------------------------------------------------- trunk
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         """Trunk features after global average pooling.
@@ -241,6 +294,8 @@ class SSPRL(nn.Module):
         Returns:
             (N, C) features (2048 for ResNet-50).
         """
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(images)[self.in_feature]
         return F.adaptive_avg_pool2d(feats, 1).flatten(1)
 
@@ -318,7 +373,7 @@ class SSPRL(nn.Module):
             ]
             self.queues[s].push(z_assign)
             losses[f"loss_pyr_s{s}"] = self.pyr_weights[s] * swapped_prediction_loss(
-                codes, list(score_views), targets, self.temperature
+                codes, list(score_views), targets, self.temperature, self.loss_reduction
             )
             if s == 0:
                 global_codes = codes
@@ -335,7 +390,13 @@ class SSPRL(nn.Module):
                 losses[f"loss_cross_s{s}"] = (
                     self.cross_lambda
                     * self.cross_weights[s - 1]
-                    * cross_scale_loss(global_codes, projected, self.temperature)
+                    * cross_scale_loss(
+                        global_codes,
+                        projected,
+                        self.temperature,
+                        self.cross_targets,
+                        self.loss_reduction,
+                    )
                 )
             metrics[f"ssprl/code_usage_s{s}"] = code_usage(torch.cat(codes))
             metrics[f"ssprl/pred_entropy_s{s}"] = prediction_entropy(scores, self.temperature)
