@@ -3,7 +3,8 @@
 Each meta-architecture of this project declares its task as a class attribute ``task``
 (``"pretrain"`` for the self-supervised pre-trainers, ``"multilabel"`` for the classifier of the
 multi-label protocols). Detectron2's ``SemanticSegmentor`` (semantic FPN) is ``"semseg"``; every
-other Detectron2 meta-architecture (Mask R-CNN, Faster R-CNN, ...) is ``"detection"``. Loaders, optimisers, hooks and evaluators are chosen from this one value.
+other Detectron2 meta-architecture (Mask R-CNN, Faster R-CNN, ...) is ``"detection"``. Loaders,
+optimisers, hooks and evaluators are chosen from this one value.
 """
 from detectron2.modeling import META_ARCH_REGISTRY
 
