@@ -6,6 +6,7 @@ COCO-style AP for COCO and the embedded dataset, the VOC 2007 11-point-free AP/A
 for ``cityscapes_fine_instance_seg_*``, and mIoU from ``SemSegEvaluator`` for every semantic
 segmentation set (Cityscapes included: its sem-seg dicts carry train-id label maps).
 """
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -14,8 +15,20 @@ from detectron2.evaluation import (
     PascalVOCDetectionEvaluator,
     SemSegEvaluator,
 )
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
-__all__ = ["build_detection_evaluator", "build_sem_seg_evaluator"]
+__all__ = ["build_detection_evaluator", "build_sem_seg_evaluator", "load_label_map"]
+
+
+def load_label_map(filename: str, dtype=int) -> np.ndarray:
+    """A label-map PNG as an HxW array (palette PNGs give their indices).
+
+    Detectron2 0.7's default loader asks numpy for ``np.array(image, copy=False)``, which numpy 2
+    refuses for PIL images; this is the same read without that request.
+    """
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
 
 
 def build_detection_evaluator(dataset_name: str, output_dir: str) -> DatasetEvaluator:
@@ -52,4 +65,5 @@ def build_sem_seg_evaluator(dataset_name: str, output_dir: str) -> DatasetEvalua
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
     if kind not in ("sem_seg", "cityscapes_sem_seg"):
         raise NotImplementedError(f"{dataset_name} is not a semantic segmentation set ({kind!r})")
-    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_dir)
+    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_dir,
+                           sem_seg_loading_fn=load_label_map)
