@@ -128,12 +128,20 @@ def resolve_benchmarks(names: Sequence[str]) -> List[str]:
     return out
 
 
-def run_train_net(args: Sequence[str]) -> None:
-    """``python tools/train_net.py <args>`` in the repository root; raises if it fails."""
+def run_train_net(args: Sequence[str], **kwargs) -> None:
+    """``python tools/train_net.py <args>`` in the repository root; raises if it fails.
+
+    Args:
+        args: the command line after ``train_net.py``.
+        kwargs: passed to ``subprocess.run`` (e.g. ``stdout``).
+    """
     cmd = [sys.executable, TRAIN_NET, *args]
     print("  $ " + " ".join(os.path.relpath(c, REPO) if c == TRAIN_NET else c for c in cmd[1:]),
           flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    # this checkout's package, whichever one an editable install points at
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    subprocess.run(cmd, cwd=REPO, check=True, env=env, **kwargs)
 
 
 def read_eval_results(output_dir: str) -> Optional[Dict]:
@@ -156,7 +164,8 @@ def finetune_and_evaluate(
 
     Args:
         config: a config file.
-        output_dir: OUTPUT_DIR of the run; its ``eval_results.json`` marks it finished.
+        output_dir: OUTPUT_DIR of the run; its ``eval_results.json`` marks it finished. A
+            relative path is relative to the repository root (train_net runs there).
         weights: MODEL.WEIGHTS for fine-tuning; None keeps the config's (random init: "").
         opts: further config overrides (``KEY VALUE`` ...), for both commands.
         run: runs one train_net command line (replaced in tests).
@@ -164,6 +173,7 @@ def finetune_and_evaluate(
     Returns:
         The evaluation results (``{"bbox": {...}, ...}``).
     """
+    output_dir = os.path.join(REPO, output_dir)  # unchanged when already absolute
     done = read_eval_results(output_dir)
     if done is not None:
         print(f"  finished earlier: {os.path.join(output_dir, RESULTS_FILE)}", flush=True)

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
         def run(cmd):
             run_train_net(["--num-gpus", str(args.num_gpus), *cmd])
     start = time.time()
+    args.out = os.path.abspath(args.out)
     records = run_suite(os.path.abspath(args.weights), names, args.out, args.seeds, opts, run)
     stem = os.path.splitext(os.path.basename(args.weights))[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
