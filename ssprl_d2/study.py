@@ -6,7 +6,7 @@ exactly what a user runs; ``tools/run_study.py`` drives the runs and writes the 
 import math
 from typing import Dict, List, Mapping, Sequence
 
-__all__ = ["VARIANTS", "PRETRAINED_VARIANTS", "aggregate", "markdown_table"]
+__all__ = ["VARIANTS", "PRETRAINED_VARIANTS", "aggregate", "markdown_table", "mean_std"]
 
 _SCALE0_ONLY = [
     "INPUT.SSPRL.GRIDS", "[]",
@@ -31,7 +31,8 @@ VARIANTS: Dict[str, List[str]] = {
 PRETRAINED_VARIANTS = [name for name, opts in VARIANTS.items() if opts is not None]
 
 
-def _mean_std(values: Sequence[float]) -> Dict[str, float]:
+def mean_std(values: Sequence[float]) -> Dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and count of a list of metrics."""
     n = len(values)
     mean = sum(values) / n
     # sample standard deviation (n - 1): the seed-to-seed spread
@@ -52,7 +53,7 @@ def aggregate(runs: Sequence[Mapping]) -> Dict[str, Dict[str, Dict[str, float]]]
     for r in runs:
         grouped.setdefault(r["variant"], {}).setdefault(r["protocol"], []).append(r["mAP"])
     return {
-        v: {p: _mean_std(vals) for p, vals in protocols.items()} for v, protocols in grouped.items()
+        v: {p: mean_std(vals) for p, vals in protocols.items()} for v, protocols in grouped.items()
     }
 
 

@@ -22,6 +22,16 @@ LEAVES = [
 ]
 # the fine-tuning deltas self-supervised RGB weights need (torchvision statistics)
 RGB_MEAN = [123.675, 116.280, 103.530]
+# Detectron2's own bases, vendored as they are (BGR, Caffe statistics)
+VENDORED = {"Base-RCNN-FPN.yaml", "Base-RCNN-C4.yaml"}
+TASK_OF_FOLDER = {
+    "Pretrain": "pretrain",
+    "COCO-InstanceSegmentation": "detection",
+    "PascalVOC-Detection": "detection",
+    "Cityscapes": "detection",
+    "MultiLabel": "multilabel",
+    "SemanticSegmentation": "semseg",
+}
 
 
 def _load(path):
@@ -38,26 +48,27 @@ def _rel(path):
 def test_configs_are_grouped_by_task():
     names = {os.path.relpath(c, CONFIG_ROOT) for c in CONFIGS}
     assert "ssprl_pretrain.yaml" in names
-    assert {os.path.dirname(n) for n in names} == {
-        "",
-        "Pretrain",
-        "COCO-InstanceSegmentation",
-        "MultiLabel",
-        "quick_schedules",
-    }
-    tasks = {"Pretrain": "pretrain", "COCO-InstanceSegmentation": "detection",
-             "MultiLabel": "multilabel"}
+    assert {os.path.dirname(n) for n in names} == {"", "quick_schedules", *TASK_OF_FOLDER}
     for path in LEAVES:
         folder = os.path.dirname(os.path.relpath(path, CONFIG_ROOT))
-        if folder in tasks:
-            assert get_task(_load(path)) == tasks[folder], _rel(path)
+        if folder in TASK_OF_FOLDER:
+            assert get_task(_load(path)) == TASK_OF_FOLDER[folder], _rel(path)
+
+
+def _known_classes(name, key):
+    """The class list of a dataset when its metadata knows it before loading, else None."""
+    try:
+        return MetadataCatalog.get(name).get(key, None)
+    except KeyError:
+        return None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_rel)
 def test_every_yaml_merges_into_a_config_its_task_can_use(path):
     cfg = _load(path)
     task = get_task(cfg)
-    if os.path.basename(path) != "Base-RCNN-FPN.yaml":  # Detectron2's own base, vendored as is
+    vendored = os.path.basename(path) in VENDORED
+    if not vendored:
         assert cfg.INPUT.FORMAT == "RGB"
         assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(RGB_MEAN)
     if task == "pretrain":
@@ -71,9 +82,24 @@ def test_every_yaml_merges_into_a_config_its_task_can_use(path):
             classes = MetadataCatalog.get(name).get("thing_classes", None)
             if classes is not None:  # Detectron2's COCO metadata is known before loading
                 assert len(classes) == cfg.MODEL.MULTILABEL.NUM_CLASSES, name
-    elif os.path.basename(path) != "Base-RCNN-FPN.yaml":
+    elif not vendored:
+        # detection and semseg: the fine-tuning deltas of self-supervised trunks
         assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False and cfg.MODEL.BACKBONE.FREEZE_AT == 0
-        assert cfg.MODEL.MASK_ON
+        if path in LEAVES:
+            if task == "detection":
+                # box-only detectors are named so (faster_rcnn_*: the VOC protocol); the rest
+                # are Mask R-CNN, whose leaves must turn the mask head on
+                assert cfg.MODEL.MASK_ON is not os.path.basename(path).startswith("faster_rcnn")
+                num_classes, key = cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing_classes"
+            else:
+                num_classes, key = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes"
+            for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+                classes = _known_classes(name, key)
+                assert classes is not None, f"{name}: {key} unknown"
+                assert len(classes) == num_classes, (name, _rel(path))
+            # the model builds (SyncBN layers build on the CPU; only their forward needs CUDA)
+            cfg.MODEL.DEVICE = "cpu"
+            build_model(cfg)
 
 
 def test_every_leaf_writes_to_its_own_output_dir():

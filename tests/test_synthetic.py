@@ -41,8 +41,10 @@ def _read_split(root: str, split: str):
 
 
 def test_layout(small_root):
-    assert sorted(os.listdir(small_root)) == ["annotations", "train", "val"]
+    assert sorted(os.listdir(small_root)) == ["annotations", "sem_seg", "train", "val"]
     assert len(os.listdir(os.path.join(small_root, "train"))) == NUM_TRAIN
+    for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
+        assert len(os.listdir(os.path.join(small_root, "sem_seg", split))) == count
     assert len(os.listdir(os.path.join(small_root, "val"))) == NUM_VAL
     assert is_complete_dataset(small_root)
     # the temporary generation directory was renamed away, nothing left beside the root
@@ -194,3 +196,42 @@ def test_ensure_uses_detectron2_datasets_env(tmp_path, monkeypatch):
     assert not os.path.exists(expected)
     assert ensure_synthetic_dataset() == expected
     assert is_complete_dataset(expected)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_semantic_label_maps_agree_with_instance_masks(small_root, split):
+    coco = COCO(os.path.join(small_root, "annotations", f"instances_{split}.json"))
+    for image_id, image in coco.imgs.items():
+        label = np.asarray(Image.open(os.path.join(
+            small_root, synthetic.SEM_SEG_DIR, split, image["file_name"].replace(".jpg", ".png"))))
+        assert label.shape == (image["height"], image["width"]) and label.dtype == np.uint8
+        expected = np.zeros_like(label)
+        covered = np.zeros(label.shape, dtype=int)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            mask = coco.annToMask(ann).astype(bool)
+            expected[mask] = ann["category_id"]
+            covered += mask
+        # visible instance masks never overlap, so the label map is their disjoint union
+        assert covered.max() <= 1
+        np.testing.assert_array_equal(label, expected)
+        assert set(np.unique(label)) <= set(range(len(CATEGORY_NAMES) + 1))
+
+
+def test_copy_without_label_maps_is_extended(small_root, tmp_path):
+    import shutil
+
+    old = str(tmp_path / "old")
+    shutil.copytree(small_root, old)
+    shutil.rmtree(os.path.join(old, synthetic.SEM_SEG_DIR))  # as generated before label maps
+    assert not is_complete_dataset(old)
+    before = open(os.path.join(old, "annotations", "instances_val.json"), "rb").read()
+    ensure_synthetic_dataset(old)
+    assert is_complete_dataset(old)
+    assert open(os.path.join(old, "annotations", "instances_val.json"), "rb").read() == before
+    for split in ("train", "val"):
+        names = sorted(os.listdir(os.path.join(old, synthetic.SEM_SEG_DIR, split)))
+        for name in names:
+            a = np.asarray(Image.open(os.path.join(old, synthetic.SEM_SEG_DIR, split, name)))
+            b = np.asarray(Image.open(os.path.join(small_root, synthetic.SEM_SEG_DIR, split, name)))
+            np.testing.assert_array_equal(a, b)
+    assert not [n for n in os.listdir(old) if n.startswith(".")]  # no temporary folder left

@@ -4,14 +4,15 @@
 1. generate the embedded dataset if absent;
 2. pre-train SS-PRL (configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml);
 3. export the trunk (tools/convert_weights.py);
-4. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule;
-5. evaluate both with --eval-only and print box AP, mask AP and AP50.
+4. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule, and
+   evaluate both with --eval-only (ssprl_d2.transfer.finetune_and_evaluate, as the transfer
+   suite does); print box AP, mask AP and AP50.
 
 Every stage runs the public command in a subprocess, with ``--resume`` so that running the demo
-again continues (or skips) finished stages. Outputs land in ``output/demo/``.
+again continues (or skips) finished stages; delete output/demo/ to start over. Outputs land in
+``output/demo/``.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-iters", type=int, help="override the pre-training MAX_ITER")
     p.add_argument("--finetune-iters", type=int, help="override the fine-tuning MAX_ITER")
     args = p.parse_args(argv)
-    total, start = 5, time.time()
+    total, start = 4, time.time()
 
     t = stage(1, total, "embedded dataset")
     sys.path.insert(0, REPO)
@@ -68,27 +69,20 @@ def main(argv=None) -> int:
     t = stage(3, total, "export the trunk")
     run(["tools/convert_weights.py", os.path.join(PRETRAIN_DIR, "model_final.pth"), WEIGHTS])
 
-    t = stage(4, total, "fine-tune Mask R-CNN R18-FPN: SS-PRL weights and random init")
-    for name, (config, out) in FINETUNES.items():
-        print(f"  -- {name}")
-        cmd = ["tools/train_net.py", "--resume", "--config-file", os.path.join(QUICK, config),
-               "OUTPUT_DIR", out, "DATASETS.TEST", "()"]  # evaluated once, in stage 5
-        if name == "SS-PRL":
-            cmd += ["MODEL.WEIGHTS", WEIGHTS]
-        if args.finetune_iters:
-            cmd += ["SOLVER.MAX_ITER", str(args.finetune_iters)]
-        run(cmd)
-    print(f"  fine-tuning done ({time.time() - t:.0f} s)")
+    t = stage(4, total, "fine-tune Mask R-CNN R18-FPN (SS-PRL weights and random init), then "
+                        "evaluate on ssprl_synthetic_val (--eval-only)")
+    from ssprl_d2.transfer import finetune_and_evaluate
 
-    t = stage(5, total, "evaluate on ssprl_synthetic_val (--eval-only)")
+    opts = ["SOLVER.MAX_ITER", str(args.finetune_iters)] if args.finetune_iters else []
     rows = []
     for name, (config, out) in FINETUNES.items():
-        run(["tools/train_net.py", "--eval-only", "--config-file", os.path.join(QUICK, config),
-             "OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
-        with open(os.path.join(out, "eval_results.json")) as f:
-            res = json.load(f)["results"]
+        print(f"  -- {name}")
+        # skipped where OUTPUT_DIR/eval_results.json exists; an interrupted run resumes
+        res = finetune_and_evaluate(os.path.join(QUICK, config), out,
+                                    WEIGHTS if name == "SS-PRL" else None, opts)
         rows.append((name, res["bbox"]["AP"], res["bbox"]["AP50"], res["segm"]["AP"],
                      res["segm"]["AP50"]))
+    print(f"  fine-tuning and evaluation done ({time.time() - t:.0f} s)")
 
     print(f"\nMask R-CNN R18-FPN on ssprl_synthetic_val ({time.time() - start:.0f} s in all)")
     print("| init | box AP | box AP50 | mask AP | mask AP50 |\n|---|---|---|---|---|")

@@ -33,7 +33,7 @@ from detectron2.engine import (
     default_setup,
     launch,
 )
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import ssprl_d2  # noqa: F401  (registers the SSPRL meta-architecture and datasets)
@@ -50,14 +50,23 @@ from ssprl_d2.engine import (
     build_pretrain_optimizer,
     verify_loaded_weights,
 )
-from ssprl_d2.evaluation import MultiLabelMAPEvaluator
+from ssprl_d2.evaluation import (
+    MultiLabelMAPEvaluator,
+    build_detection_evaluator,
+    build_sem_seg_evaluator,
+)
 from ssprl_d2.modeling import get_task
 
 # what differs per task (ssprl_d2.modeling.task); a task without an entry uses Detectron2's default
 TRAIN_LOADERS = {"pretrain": build_pretrain_loader, "multilabel": build_multilabel_train_loader}
 TEST_LOADERS = {"multilabel": build_multilabel_test_loader}
 OPTIMIZERS = {"pretrain": build_pretrain_optimizer}
-EVALUATORS = {"multilabel": MultiLabelMAPEvaluator, "detection": COCOEvaluator}
+# detection and semseg choose by the test set's evaluator_type (COCO, VOC, Cityscapes, sem_seg)
+EVALUATORS = {
+    "multilabel": MultiLabelMAPEvaluator,
+    "detection": build_detection_evaluator,
+    "semseg": build_sem_seg_evaluator,
+}
 
 
 class Trainer(DefaultTrainer):
@@ -115,7 +124,7 @@ class Trainer(DefaultTrainer):
         evaluator = EVALUATORS.get(get_task(cfg))
         if evaluator is None:
             raise NotImplementedError(f"no evaluator for task {get_task(cfg)!r}")
-        return evaluator(dataset_name, output_dir=output_folder)
+        return evaluator(dataset_name, output_folder)
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -130,10 +139,7 @@ class Trainer(DefaultTrainer):
         resumed = resume and self.checkpointer.has_checkpoint()
         if self.cfg.MODEL.WEIGHTS and not resumed:
             # fine-tuning: every trunk tensor must come from the pre-trained file
-            # (an FPN backbone wraps the ResNet trunk as "bottom_up")
-            fpn = "fpn" in self.cfg.MODEL.BACKBONE.NAME
-            trunk = "backbone.bottom_up." if fpn else "backbone."
-            check_weights(self.cfg, self.checkpointer, self.model, trunk)
+            check_weights(self.cfg, self.checkpointer, self.model, trunk_prefixes(self.model))
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
@@ -149,6 +155,19 @@ def amp_options(cfg):
     if name == "bfloat16":
         options["grad_scaler"] = torch.amp.GradScaler("cuda", enabled=False)
     return options
+
+
+def trunk_prefixes(model):
+    """Where the pre-trained ResNet trunk lives in a fine-tuned model's state dict.
+
+    An FPN backbone wraps the trunk as ``bottom_up``; a C4 model keeps res2-res4 in the backbone
+    and res5 in the box head (``roi_heads.res5.<block>``; MoCo's extra norm after it is new).
+    """
+    keys = getattr(model, "module", model).state_dict().keys()
+    if any(k.startswith("backbone.bottom_up.") for k in keys):
+        return ("backbone.bottom_up.",)
+    res5 = {".".join(k.split(".")[:3]) + "." for k in keys if k.startswith("roi_heads.res5.")}
+    return ("backbone.", *sorted(p for p in res5 if p.split(".")[2].isdigit()))
 
 
 def check_weights(cfg, checkpointer, model, required_prefix):

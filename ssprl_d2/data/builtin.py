@@ -1,20 +1,25 @@
 """Every dataset this project registers by name, as ``detectron2/data/datasets/builtin.py`` does.
 
 ``import ssprl_d2`` calls :func:`register_builtin_datasets`: image-folder views of COCO and
-ImageNet (labels not needed for pre-training), the embedded synthetic dataset, and PASCAL VOC 2007
-with its "difficult" flags for the multi-label protocol. All of them are rooted at
+ImageNet (labels not needed for pre-training), the embedded synthetic dataset (instances and
+semantic label maps), PASCAL VOC 2007 with its "difficult" flags for the multi-label protocol and
+PASCAL VOC 2012 semantic segmentation (SBD-augmented train list where present). Detectron2's own
+``voc_2007_trainval`` / ``voc_2012_trainval`` / ``voc_2007_test`` (detection) and
+``cityscapes_fine_{instance_seg,sem_seg}_{train,val}`` serve the other transfer benchmarks as they
+are. All of them are rooted at
 ``$DETECTRON2_DATASETS`` (read once per call) and loaded lazily. User datasets come from the
 config (:func:`register_from_cfg`).
 """
 import functools
+import logging
 import os
 from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, load_sem_seg
 
 from .datasets import datasets_root, register_coco_format, register_image_folder, register_once
-from .synthetic import CATEGORY_NAMES, ensure_synthetic_dataset
+from .synthetic import CATEGORY_NAMES, SEM_SEG_DIR, ensure_synthetic_dataset
 from .voc import VOC_CLASS_NAMES, load_voc_multilabel
 
 __all__ = [
@@ -22,7 +27,11 @@ __all__ = [
     "register_from_cfg",
     "register_synthetic_datasets",
     "register_voc_multilabel",
+    "register_voc_sem_seg",
+    "load_voc_sem_seg",
 ]
+
+logger = logging.getLogger(__name__)
 
 # name -> folder under the datasets root
 _BUILTIN_IMAGE_FOLDERS: Dict[str, str] = {
@@ -33,6 +42,16 @@ _BUILTIN_IMAGE_FOLDERS: Dict[str, str] = {
     "imagenet_train_images": "imagenet/train",
 }
 _SYNTHETIC_SPLITS: Dict[str, str] = {"ssprl_synthetic_train": "train", "ssprl_synthetic_val": "val"}
+_SYNTHETIC_SEM_SEG_SPLITS: Dict[str, str] = {
+    "ssprl_synthetic_sem_seg_train": "train",
+    "ssprl_synthetic_sem_seg_val": "val",
+}
+# semantic-segmentation label value that carries no loss and no score (VOC's object boundaries)
+IGNORE_LABEL = 255
+_VOC_SEM_SEG_SPLITS: Dict[str, str] = {
+    "voc_2012_sem_seg_train_aug": "train_aug",
+    "voc_2012_sem_seg_val": "val",
+}
 _VOC_SPLITS: Dict[str, str] = {
     "voc_2007_trainval_multilabel": "trainval",
     "voc_2007_test_multilabel": "test",
@@ -56,8 +75,28 @@ def _register_synthetic(name: str, root: str, split: str) -> None:
     )
 
 
+def _load_synthetic_sem_seg(root: str, split: str) -> List[Dict]:
+    """Generate the synthetic dataset if needed, then pair one split's images with label maps."""
+    ensure_synthetic_dataset(root)
+    return load_sem_seg(os.path.join(root, SEM_SEG_DIR, split), os.path.join(root, split),
+                        gt_ext="png", image_ext="jpg")
+
+
+def _register_synthetic_sem_seg(name: str, root: str, split: str) -> None:
+    DatasetCatalog.register(name, functools.partial(_load_synthetic_sem_seg, root, split))
+    MetadataCatalog.get(name).set(
+        stuff_classes=["background", *CATEGORY_NAMES],
+        ignore_label=IGNORE_LABEL,
+        image_root=os.path.join(root, split),
+        sem_seg_root=os.path.join(root, SEM_SEG_DIR, split),
+        evaluator_type="sem_seg",
+    )
+
+
 def register_synthetic_datasets(root: Optional[str] = None) -> None:
-    """Register ``ssprl_synthetic_train`` / ``ssprl_synthetic_val``; data is generated on load.
+    """Register ``ssprl_synthetic_{train,val}`` (instances) and ``ssprl_synthetic_sem_seg_*``.
+
+    Data is generated on the first load.
 
     Args:
         root: dataset root; ``<datasets root>/ssprl_synthetic`` if None. Paths are fixed now (the
@@ -69,6 +108,13 @@ def register_synthetic_datasets(root: Optional[str] = None) -> None:
             name,
             ("synthetic", root, split),
             functools.partial(_register_synthetic, name, root, split),
+            replace_own=True,
+        )
+    for name, split in _SYNTHETIC_SEM_SEG_SPLITS.items():
+        register_once(
+            name,
+            ("synthetic_sem_seg", root, split),
+            functools.partial(_register_synthetic_sem_seg, name, root, split),
             replace_own=True,
         )
 
@@ -100,8 +146,78 @@ def register_voc_multilabel(root: Optional[str] = None) -> None:
         )
 
 
+def load_voc_sem_seg(dirname: str, split: str) -> List[Dict]:
+    """PASCAL VOC 2012 semantic segmentation: image and label-map pairs of one split.
+
+    ``train_aug`` is the SBD-augmented list (``ImageSets/Segmentation/train_aug.txt`` with labels
+    in ``SegmentationClassAug/``, 10,582 images) where both exist, else the plain ``train`` split
+    (1,464 images, ``SegmentationClass/``), said in the log. Label maps hold class indices
+    (palette PNGs): 0 background, 1..20 the classes, 255 boundaries (ignored).
+
+    Args:
+        dirname: the VOC2012 folder.
+        split: ``train_aug``, ``train`` or ``val``.
+
+    Returns:
+        Detectron2 dicts with ``file_name``, ``sem_seg_file_name`` and ``image_id`` (sizes are
+        read from the image by the mapper).
+    """
+    sets = os.path.join(dirname, "ImageSets", "Segmentation")
+    labels = "SegmentationClass"
+    if split == "train_aug":
+        aug_list, aug_labels = os.path.join(sets, "train_aug.txt"), "SegmentationClassAug"
+        if os.path.isfile(aug_list) and os.path.isdir(os.path.join(dirname, aug_labels)):
+            labels = aug_labels
+            logger.info("VOC 2012 semantic segmentation: SBD-augmented train_aug list")
+        else:
+            split = "train"
+            logger.warning(
+                "VOC 2012 semantic segmentation: %s or %s/ not found, training on the plain "
+                "train split (1,464 images) instead of train_aug (10,582)", aug_list, aug_labels)
+    list_file = os.path.join(sets, f"{split}.txt")
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"VOC 2012 segmentation list {list_file} not found")
+    with open(list_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    return [
+        {
+            "file_name": os.path.join(dirname, "JPEGImages", f"{i}.jpg"),
+            "sem_seg_file_name": os.path.join(dirname, labels, f"{i}.png"),
+            "image_id": i,
+        }
+        for i in ids
+    ]
+
+
+def _register_voc_sem_seg(name: str, dirname: str, split: str) -> None:
+    DatasetCatalog.register(name, functools.partial(load_voc_sem_seg, dirname, split))
+    MetadataCatalog.get(name).set(
+        stuff_classes=["background", *VOC_CLASS_NAMES],
+        ignore_label=IGNORE_LABEL,
+        dirname=dirname,
+        split=split,
+        evaluator_type="sem_seg",
+    )
+
+
+def register_voc_sem_seg(root: Optional[str] = None) -> None:
+    """Register ``voc_2012_sem_seg_train_aug`` / ``voc_2012_sem_seg_val`` (lazy).
+
+    Args:
+        root: the VOC2012 folder; ``<datasets root>/VOC2012`` if None.
+    """
+    dirname = os.path.join(datasets_root(), "VOC2012") if root is None else root
+    for name, split in _VOC_SEM_SEG_SPLITS.items():
+        register_once(
+            name,
+            ("voc_sem_seg", dirname, split),
+            functools.partial(_register_voc_sem_seg, name, dirname, split),
+            replace_own=True,
+        )
+
+
 def register_builtin_datasets(root: Optional[str] = None) -> None:
-    """Register the image-folder views of COCO / ImageNet, the synthetic datasets and VOC 2007.
+    """Register the image-folder views of COCO / ImageNet, the synthetic datasets and VOC.
 
     Detectron2's own ``coco_2017_train`` etc. (with annotations) are left as they are. Safe to
     call repeatedly; a later call follows a changed ``DETECTRON2_DATASETS``.
@@ -114,6 +230,7 @@ def register_builtin_datasets(root: Optional[str] = None) -> None:
         register_image_folder(name, os.path.join(base, rel), replace_own=True)
     register_synthetic_datasets(os.path.join(base, "ssprl_synthetic"))
     register_voc_multilabel(os.path.join(base, "VOC2007"))
+    register_voc_sem_seg(os.path.join(base, "VOC2012"))
 
 
 def register_from_cfg(cfg) -> List[str]:

@@ -1,4 +1,9 @@
-"""Embedded default dataset: seeded multi-object shape scenes in COCO instance format."""
+"""Embedded default dataset: seeded multi-object shape scenes in COCO instance format.
+
+Besides the instance annotations, every image has a semantic-segmentation label map derived from
+its instance masks (``sem_seg/<split>/<image>.png``: 0 background, 1..8 the categories in
+:data:`CATEGORY_NAMES` order), so the semantic-FPN transfer benchmark runs on it too.
+"""
 import json
 import logging
 import math
@@ -23,6 +28,7 @@ __all__ = [
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",
     "is_complete_dataset",
+    "semantic_label_map",
 ]
 
 CATEGORY_NAMES: Tuple[str, ...] = (
@@ -58,6 +64,10 @@ _PLACEMENT_TRIES = 12
 _JPEG_QUALITY = 92
 _SPLIT_CODES = {"train": 0, "val": 1}
 _ANNOTATION_FILES = ("instances_train.json", "instances_val.json")
+# folder of the semantic label maps and the file whose presence says they are all written; a copy
+# generated before label maps existed (no marker) is extended in place on the next ensure call
+SEM_SEG_DIR = "sem_seg"
+_SEM_SEG_MARKER = "COMPLETE_v1"
 
 
 def default_synthetic_root() -> str:
@@ -69,16 +79,23 @@ def default_synthetic_root() -> str:
     return os.path.join(datasets_root(), "ssprl_synthetic")
 
 
+def _has_instances(root: str) -> bool:
+    return all(os.path.isfile(os.path.join(root, "annotations", f)) for f in _ANNOTATION_FILES)
+
+
 def is_complete_dataset(root: str) -> bool:
-    """Tell whether ``root`` holds a finished dataset (both annotation files present).
+    """Tell whether ``root`` holds a finished dataset (annotations and semantic label maps).
 
     Args:
         root: dataset root directory.
 
     Returns:
-        True if both annotation files exist; the atomic rename guarantees the rest is there too.
+        True if both annotation files and the label-map marker exist; the atomic renames
+        guarantee the rest is there too.
     """
-    return all(os.path.isfile(os.path.join(root, "annotations", f)) for f in _ANNOTATION_FILES)
+    return _has_instances(root) and os.path.isfile(
+        os.path.join(root, SEM_SEG_DIR, _SEM_SEG_MARKER)
+    )
 
 
 def ensure_synthetic_dataset(root: Optional[str] = None) -> str:
@@ -122,6 +139,9 @@ def generate_synthetic_dataset(
     if is_complete_dataset(root):
         logger.info("Synthetic dataset already present at %s", root)
         return
+    if _has_instances(root):
+        _add_semantic_label_maps(root)
+        return
     _check_replaceable(root)
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
@@ -137,6 +157,7 @@ def generate_synthetic_dataset(
             json_path = os.path.join(tmp, "annotations", f"instances_{split}.json")
             with open(json_path, "w") as f:
                 json.dump(coco, f, separators=(",", ":"))
+        _write_semantic_label_maps(tmp, os.path.join(tmp, SEM_SEG_DIR))
         try:
             # Renaming a directory is atomic and fails if the target is a non-empty directory.
             os.replace(tmp, root)
@@ -155,6 +176,63 @@ def generate_synthetic_dataset(
         num_val,
         time.perf_counter() - start,
     )
+
+
+def semantic_label_map(annotations: Sequence[Dict], height: int, width: int) -> np.ndarray:
+    """The semantic label map of one image from its COCO instance annotations.
+
+    Args:
+        annotations: the image's annotations (RLE ``segmentation``, ``category_id`` 1..8), in
+            paint order; visible masks do not overlap, and a later one would win if they did.
+        height: image height.
+        width: image width.
+
+    Returns:
+        HxW uint8: 0 background, else the category id of the instance covering the pixel.
+    """
+    label = np.zeros((height, width), dtype=np.uint8)
+    for ann in annotations:
+        seg = ann["segmentation"]
+        rle = {"size": seg["size"], "counts": seg["counts"].encode()}
+        label[mask_util.decode(rle).astype(bool)] = ann["category_id"]
+    return label
+
+
+def _write_semantic_label_maps(root: str, target: str) -> None:
+    """Write every split's label maps under ``target`` (from ``root``'s annotations), then the
+    marker."""
+    for split in _SPLIT_CODES:
+        with open(os.path.join(root, "annotations", f"instances_{split}.json")) as f:
+            coco = json.load(f)
+        by_image: Dict[int, List[Dict]] = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        os.makedirs(os.path.join(target, split))
+        for image in coco["images"]:
+            label = semantic_label_map(by_image.get(image["id"], []), image["height"],
+                                       image["width"])
+            name = os.path.splitext(image["file_name"])[0] + ".png"
+            Image.fromarray(label).save(os.path.join(target, split, name))
+    with open(os.path.join(target, _SEM_SEG_MARKER), "w") as f:
+        f.write("0 background, 1..8 categories; derived from the instance masks\n")
+
+
+def _add_semantic_label_maps(root: str) -> None:
+    """Extend a dataset generated before label maps existed, atomically (one folder rename)."""
+    final = os.path.join(root, SEM_SEG_DIR)
+    tmp = tempfile.mkdtemp(prefix=f".{SEM_SEG_DIR}.tmp-", dir=root)
+    try:
+        os.chmod(tmp, os.stat(os.path.join(root, "annotations")).st_mode & 0o777)
+        _write_semantic_label_maps(root, tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_complete_dataset(root):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Added semantic label maps to the synthetic dataset at %s", root)
 
 
 def _check_replaceable(root: str) -> None:

@@ -1,6 +1,6 @@
 """A DetectionCheckpointer whose files are never left half-written."""
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Tuple, Union
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -61,7 +61,11 @@ def _file_depth(path: str) -> Optional[int]:
 
 
 def verify_loaded_weights(
-    incompatible: Any, model_keys: Iterable[str], weights: str, required_prefix: str, depth: int
+    incompatible: Any,
+    model_keys: Iterable[str],
+    weights: str,
+    required_prefix: Union[str, Tuple[str, ...]],
+    depth: int,
 ) -> None:
     """Raise if ``weights`` left any tensor under ``required_prefix`` unloaded or mis-shaped.
 
@@ -72,7 +76,8 @@ def verify_loaded_weights(
         incompatible: what fvcore's ``_load_model`` returned (missing keys, incorrect shapes).
         model_keys: names in the model's state dict.
         weights: the MODEL.WEIGHTS path (for the message).
-        required_prefix: "" for every tensor (evaluation), "backbone.bottom_up." for a trunk.
+        required_prefix: "" for every tensor (evaluation), "backbone.bottom_up." for a trunk, or
+            a tuple of prefixes (a C4 trunk: the backbone and the res5 blocks of the box head).
         depth: MODEL.RESNETS.DEPTH of the config.
     """
     def required(key: str) -> bool:
