@@ -1,0 +1,147 @@
+"""kNN multi-label probe: separable features score high, random ones near chance, weights load."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from util import CPU_CONFIG, REPO, tiny_cfg
+
+from ssprl_d2 import add_ssprl_config
+from ssprl_d2.convert import convert_checkpoint
+from ssprl_d2.data.datasets import register_coco_format
+from ssprl_d2.data.multilabel import build_multilabel_test_loader
+from ssprl_d2.data.synthetic import generate_synthetic_dataset
+from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.probe import (
+    build_probe_model,
+    chance_map,
+    extract_features,
+    knn_map,
+    knn_probe,
+    knn_scores,
+    probe_cfg,
+)
+
+PROBE = os.path.join(REPO, "tools", "probe.py")
+
+
+def _multilabel(n, num_classes, gen, p=0.3):
+    labels = (torch.rand(n, num_classes, generator=gen) < p).float()
+    labels[labels.sum(1) == 0, 0] = 1.0
+    return labels
+
+
+def test_knn_scores_are_the_weighted_vote_of_the_nearest_neighbours():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    test = torch.tensor([[2.0, 0.0]])  # not unit length: cosine only
+    plain = knn_scores(train, labels, test, k=2, weighted=False)
+    # neighbours: rows 0 and 2 -> class 0 voted twice, class 1 once
+    assert torch.allclose(plain, torch.tensor([[1.0, 0.5]]))
+    weighted = knn_scores(train, labels, test, k=2, weighted=True)
+    w0, w2 = 1.0, (0.9 / (0.81 + 0.01) ** 0.5 + 1) / 2
+    assert torch.allclose(weighted, torch.tensor([[1.0, w2 / (w0 + w2)]]), atol=1e-5)
+
+
+def test_features_that_separate_the_classes_reach_high_map():
+    gen = torch.Generator().manual_seed(0)
+    num_classes, dim = 6, 32
+    basis = torch.randn(num_classes, dim, generator=gen)
+    train_y, test_y = _multilabel(300, num_classes, gen), _multilabel(100, num_classes, gen)
+    # a feature is the sum of its classes' directions plus a little noise
+    train_x = train_y @ basis + 0.1 * torch.randn(300, dim, generator=gen)
+    test_x = test_y @ basis + 0.1 * torch.randn(100, dim, generator=gen)
+    assert knn_map(train_x, train_y, test_x, test_y, k=10) > 90.0
+    assert chance_map(test_y) < 50.0
+
+
+def test_random_features_stay_near_chance():
+    gen = torch.Generator().manual_seed(1)
+    num_classes = 6
+    train_y, test_y = _multilabel(300, num_classes, gen), _multilabel(200, num_classes, gen)
+    train_x, test_x = torch.randn(300, 32, generator=gen), torch.randn(200, 32, generator=gen)
+    chance = chance_map(test_y)
+    assert abs(knn_map(train_x, train_y, test_x, test_y, k=20) - chance) < 8.0
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("probe_data") / "synth")
+    generate_synthetic_dataset(root, num_train=6, num_val=3, seed=2)
+    name = "test_probe_tiny_train"
+    register_coco_format(name, f"{root}/annotations/instances_train.json", f"{root}/train")
+    return name
+
+
+def _probe_cfg(dataset):
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(CPU_CONFIG)
+    cfg.INPUT.MULTILABEL.CROP_SIZE = 32
+    cfg.INPUT.MULTILABEL.RESIZE_SIZE = 36
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return probe_cfg(cfg, dataset)
+
+
+def test_features_of_a_checkpoint_and_of_its_exported_trunk_are_equal(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    pretrainer = build_model(tiny_cfg())
+    with torch.no_grad():  # move BN statistics away from their initial values
+        for name, buf in pretrainer.named_buffers():
+            if "running_var" in name:
+                buf.mul_(1.5)
+    ckpt, pkl = str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pkl")
+    torch.save({"model": pretrainer.state_dict(), "iteration": 3}, ckpt)
+    convert_checkpoint(ckpt, pkl)
+
+    cfg = _probe_cfg(tiny_dataset)
+    loader = build_multilabel_test_loader(cfg, tiny_dataset)
+    from_ckpt, labels = extract_features(build_probe_model(cfg, ckpt), loader)
+    from_pkl, labels2 = extract_features(build_probe_model(cfg, pkl), loader)
+    random_x, _ = extract_features(build_probe_model(cfg, None, seed=0), loader)
+    assert from_ckpt.shape == (6, 512) and labels.shape == (6, 8)
+    assert torch.equal(labels, labels2)
+    assert torch.allclose(from_ckpt, from_pkl, atol=1e-5)
+    # the trained trunk really replaced the random initialisation
+    assert not torch.allclose(from_ckpt, random_x, atol=1e-3)
+    # the pre-trainer's own pooled features (eval mode) are what the probe sees
+    images = torch.stack([x["image"] for batch in loader for x in batch])
+    expected = pretrainer.eval().pooled_features(pretrainer._normalize(images.float() / 255.0))
+    assert torch.allclose(from_ckpt, expected, atol=1e-4)
+
+    result = knn_probe(cfg, pkl, tiny_dataset, tiny_dataset, k=3)
+    assert 0.0 <= result.random_map <= 100.0 and 0.0 < result.chance <= 100.0
+    assert "kNN mAP (k=3)" in result.summary()
+
+
+def test_weights_of_another_depth_are_refused(tiny_dataset, tmp_path):
+    cfg = _probe_cfg(tiny_dataset)
+    cfg.MODEL.RESNETS.DEPTH = 34
+    torch.manual_seed(0)
+    path = str(tmp_path / "r18.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
+    with pytest.raises(WeightsMismatchError):
+        build_probe_model(cfg, path)
+
+
+def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
+    root = os.path.dirname(os.path.dirname(DatasetCatalog.get(tiny_dataset)[0]["file_name"]))
+    register = ["DATASETS.SSPRL.REGISTER",
+                f"['probe_tool_set', '{root}/annotations/instances_train.json', '{root}/train']"]
+    proc = subprocess.run(
+        [sys.executable, PROBE, "--config-file", CPU_CONFIG, "--weights", path, "--k", "3",
+         "--train-dataset", "probe_tool_set", "--test-dataset", "probe_tool_set",
+         "INPUT.MULTILABEL.CROP_SIZE", "32", "INPUT.MULTILABEL.RESIZE_SIZE", "36",
+         "DATALOADER.NUM_WORKERS", "0", *register],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "kNN mAP (k=3):" in proc.stdout and "random trunk:" in proc.stdout
