@@ -12,8 +12,8 @@ from util import CPU_CONFIG, REPO, tiny_cfg
 
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.convert import convert_checkpoint
+from ssprl_d2.data.build import build_multilabel_test_loader
 from ssprl_d2.data.datasets import register_coco_format
-from ssprl_d2.data.multilabel import build_multilabel_test_loader
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
 from ssprl_d2.engine import WeightsMismatchError
 from ssprl_d2.evaluation.probe import (

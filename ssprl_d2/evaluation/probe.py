@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from ..data.multilabel import build_multilabel_test_loader
+from ..data.build import build_multilabel_test_loader
 from ..engine.checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
 from .multilabel_evaluator import multilabel_average_precision
 
