@@ -164,7 +164,9 @@ def test_collapse_spans_mark_entropy_at_one():
 def test_prototype_helpers():
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
     assert top_members(probs, 0, 2).tolist() == [0, 3]
-    assert top_pairs(np.array([[0.1, 0.5], [0.9, 0.0]]), 2) == [(1, 0, 0.9), (0, 1, 0.5)]
+    w = np.array([[0.1, 0.5], [0.9, 0.0]])
+    assert top_pairs(w, 2) == [(1, 0, 0.9), (0, 1, 0.5)]
+    assert top_pairs(w, 5, rows=np.array([True, False])) == [(0, 1, 0.5), (0, 0, 0.1)]
     co = cooccurrence(np.array([1, 0]), np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), 2, 2)
     assert co.tolist() == [[0, 2], [1, 1]]
     cells = cut_grid(np.zeros((30, 40, 3), np.uint8), 3, 8)

@@ -236,11 +236,13 @@ def curves_figure(records: List[dict], threshold: float) -> Optional[Figure]:
         for key in groups[g]:
             its, vals = series(records, key)
             ax.plot(its, vals, lw=1.2, color=_key_color(key), ls=_key_style(key),
+                    marker="o" if len(its) < 30 else None, ms=2.5,
                     label=key.replace("ssprl/", ""))
             if g == "entropy":
                 for a, b in collapse_spans(its, vals, threshold):
                     ax.axvspan(a, max(b, a + 1), color=_key_color(key), alpha=0.12)
         if g == "entropy":
+            ax.set_ylim(top=1.02)
             ax.axhline(threshold, color="gray", lw=0.8, ls="--")
             ax.text(0.01, threshold, f" collapse >= {threshold}", fontsize=6, color="gray",
                     transform=ax.get_yaxis_transform(), va="bottom")
@@ -261,10 +263,10 @@ def _key_style(key: str) -> str:
     return "--" if "cross" in key else "-"
 
 
-def label_text(labels: np.ndarray, names: Sequence[str], limit: int = 3) -> str:
-    """Short text of a multi-hot label vector (first ``limit`` names)."""
-    on = [names[i] for i in np.flatnonzero(labels > 0.5)]
-    return ",".join(on[:limit]) + ("+" if len(on) > limit else "")
+def label_text(labels: np.ndarray, names: Sequence[str], limit: int = 3, abbrev: int = 4) -> str:
+    """Short text of a multi-hot label vector (first ``limit`` names, ``abbrev`` letters each)."""
+    on = [names[i][:abbrev] for i in np.flatnonzero(labels > 0.5)]
+    return " ".join(on[:limit]) + ("+" if len(on) > limit else "")
 
 
 def shares_label(a: np.ndarray, b: np.ndarray) -> bool:

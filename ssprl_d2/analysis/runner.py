@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -98,8 +99,15 @@ def load_pretrained(cfg) -> Tuple[torch.nn.Module, Optional[int]]:
     model = build_model(cfg)
     checkpointer = AtomicDetectionCheckpointer(model)
     extra = checkpointer.load(cfg.MODEL.WEIGHTS)
-    verify_loaded_weights(checkpointer.incompatible, model.state_dict().keys(),
-                          cfg.MODEL.WEIGHTS, "", cfg.MODEL.RESNETS.DEPTH)
+    # queues are per-process training state whose length depends on the world size of the run;
+    # the report does not use them, every other tensor must come from the file
+    inc = checkpointer.incompatible
+    inc = SimpleNamespace(
+        missing_keys=[k for k in inc.missing_keys if not k.startswith("queues.")],
+        incorrect_shapes=[s for s in inc.incorrect_shapes if not s[0].startswith("queues.")],
+    )
+    verify_loaded_weights(inc, model.state_dict().keys(), cfg.MODEL.WEIGHTS, "",
+                          cfg.MODEL.RESNETS.DEPTH)
     model.eval()
     it = extra.get("iteration") if isinstance(extra, dict) else None
     return model, (int(it) if it is not None else None)
@@ -250,7 +258,9 @@ class _Report:
             co = cooccurrence(g0.assignments, e.assignments, e.image_index, w.shape[0],
                               w.shape[1]).astype(np.float64)
             co = co / np.maximum(co.sum(axis=1, keepdims=True), 1)
-            pairs = top_pairs(w, self.opts.pairs)
+            pairs = top_pairs(w, self.opts.pairs,
+                              rows=prototype_usage(g0.assignments, w.shape[0]) > 0,
+                              cols=prototype_usage(e.assignments, w.shape[1]) > 0)
             panels += [(f"g_phi weights, {name}", w),
                        (f"observed: patches of {name} per image prototype", co)]
             marks += [[(a, b) for a, b, _ in pairs], [(a, b) for a, b, _ in pairs]]
@@ -262,7 +272,7 @@ class _Report:
         fig = F.heatmaps_figure(panels, "patch-scale prototype k_s", "image prototype k_0", marks)
         sec.figures.append((_fig(self.out, "cross_scale_heatmaps.png", fig),
                             "rows: scale-0 prototypes; columns: patch-scale prototypes; "
-                            "red: the top pairs of g_phi"))
+                            "red: the top pairs of g_phi among the prototypes in use"))
         fig = F.image_grid_figure(pair_rows, pair_labels,
                                   f"top g_phi pairs: {m} images of C0[k_0] | {m} patches of "
                                   "C_s[k_s]")
