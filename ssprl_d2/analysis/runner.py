@@ -394,7 +394,8 @@ def write_report(cfg, output_dir: str, options: Optional[AnalysisOptions] = None
         + (f", K_s = {k}" if k else ""),
         f"dataset: {name}, {len(rep.feats.features)} images"
         + (f" ({len(rep.classes)} classes)" if rep.labels is not None else ", no labels"),
-        "time: " + ", ".join(f"{key} {v:.1f}" for key, v in rep.timings.items()),
+        "time (s): " + ", ".join(f"{key[:-2].replace('_', ' ')} {v:.1f}"
+                                 for key, v in rep.timings.items()),
     ]
     summary = {"weights": cfg.MODEL.WEIGHTS, "iteration": iteration, "dataset": name,
                "images": len(rep.feats.features), "num_prototypes": k,
