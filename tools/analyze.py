@@ -50,7 +50,7 @@ def main() -> int:
         flag = "--" + f.name.replace("_", "-")
         kind = str if f.name == "metrics" else type(getattr(defaults, f.name))
         parser.add_argument(flag, type=kind, default=getattr(defaults, f.name),
-                            help=f"(default: {getattr(defaults, f.name)})")
+                            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args()
     setup_logger(name="fvcore")

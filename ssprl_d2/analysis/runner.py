@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -40,39 +40,27 @@ __all__ = ["AnalysisOptions", "load_pretrained", "write_report"]
 logger = logging.getLogger(__name__)
 
 
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class AnalysisOptions:
-    """What the report shows and how much of the data it reads.
+    """What the report shows and how much of the data it reads (each field's ``help``)."""
 
-    Attributes:
-        num_images: analysed images (the first ones of the dataset).
-        bank_images: labelled training images used as the kNN bank.
-        prototypes_per_scale: prototypes shown per scale (the most used).
-        patches_per_prototype: top-probability patches shown per prototype.
-        pairs: top correlated (global, patch) prototype pairs shown per patch scale.
-        queries: retrieval query images (spread evenly over the analysed images).
-        neighbors: retrieved images per query.
-        knn_k: neighbours of the kNN multi-label probe.
-        tsne_points: embeddings per scale in the t-SNE.
-        batch_size: images per forward pass.
-        metrics: metrics.json of the run (default: beside MODEL.WEIGHTS).
-        seed: for samples and t-SNE.
-        progress: show progress bars.
-    """
-
-    num_images: int = 500
-    bank_images: int = 2000
-    prototypes_per_scale: int = 6
-    patches_per_prototype: int = 8
-    pairs: int = 4
-    queries: int = 6
-    neighbors: int = 6
-    knn_k: int = 20
-    tsne_points: int = 400
-    batch_size: int = 32
-    metrics: Optional[str] = None
-    seed: int = 0
-    progress: bool = True
+    num_images: int = _opt(500, "analysed images (the first ones of the dataset)")
+    bank_images: int = _opt(2000, "labelled DATASETS.TRAIN images used as the kNN bank")
+    prototypes_per_scale: int = _opt(6, "prototypes shown per scale (the most used)")
+    patches_per_prototype: int = _opt(8, "top-probability patches shown per prototype")
+    pairs: int = _opt(4, "top g_phi (image, patch) prototype pairs shown per patch scale")
+    queries: int = _opt(6, "retrieval queries (spread evenly over the analysed images)")
+    neighbors: int = _opt(6, "retrieved images per query")
+    knn_k: int = _opt(20, "neighbours of the kNN multi-label probe")
+    tsne_points: int = _opt(400, "embeddings per scale in the t-SNE")
+    batch_size: int = _opt(32, "images per forward pass")
+    metrics: Optional[str] = _opt(None, "metrics.json of the run (default: beside MODEL.WEIGHTS)")
+    seed: int = _opt(0, "seed of the samples and the t-SNE")
+    progress: bool = _opt(True, "show progress bars")
 
 
 def load_pretrained(cfg) -> Tuple[torch.nn.Module, Optional[int]]:
