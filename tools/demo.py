@@ -4,13 +4,16 @@
 1. generate the embedded dataset if absent;
 2. pre-train SS-PRL (configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml);
 3. export the trunk (tools/convert_weights.py);
-4. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule, and
+4. probe it (tools/probe.py: kNN multi-label mAP next to a random trunk and chance), which shows
+   whether pre-training learned independently of the noisy detection numbers;
+5. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule, and
    evaluate both with --eval-only (ssprl_d2.transfer.finetune_and_evaluate, as the transfer
-   suite does); print box AP, mask AP and AP50.
+   suite does); print box AP, mask AP and AP50;
+6. write the analysis report of the pre-trained model (tools/analyze.py) and print its path.
 
 Every stage runs the public command in a subprocess, with ``--resume`` so that running the demo
-again continues (or skips) finished stages; delete output/demo/ to start over. Outputs land in
-``output/demo/``.
+again continues (or skips) finished stages (the report is rewritten only when the checkpoint is
+newer); delete output/demo/ to start over. Outputs land in ``output/demo/``.
 """
 import argparse
 import os
@@ -23,6 +26,7 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules")
 OUT = os.path.join("output", "demo")
 PRETRAIN_DIR = os.path.join(OUT, "ssprl_R_18_synthetic")
 WEIGHTS = os.path.join(OUT, "ssprl_R_18_synthetic.pkl")
+REPORT_DIR = os.path.join(OUT, "report")
 FINETUNES = {
     "SS-PRL": (
         "mask_rcnn_R_18_FPN_cpu_synthetic.yaml",
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-iters", type=int, help="override the pre-training MAX_ITER")
     p.add_argument("--finetune-iters", type=int, help="override the fine-tuning MAX_ITER")
     args = p.parse_args(argv)
-    total, start = 4, time.time()
+    total, start = 6, time.time()
 
     t = stage(1, total, "embedded dataset")
     sys.path.insert(0, REPO)
@@ -69,7 +73,12 @@ def main(argv=None) -> int:
     t = stage(3, total, "export the trunk")
     run(["tools/convert_weights.py", os.path.join(PRETRAIN_DIR, "model_final.pth"), WEIGHTS])
 
-    t = stage(4, total, "fine-tune Mask R-CNN R18-FPN (SS-PRL weights and random init), then "
+    t = stage(4, total, "kNN multi-label probe of the exported trunk, next to a random trunk")
+    run(["tools/probe.py", "--config-file",
+         os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"), "--weights", WEIGHTS,
+         "--json", os.path.join(OUT, "probe.json")])
+
+    t = stage(5, total, "fine-tune Mask R-CNN R18-FPN (SS-PRL weights and random init), then "
                         "evaluate on ssprl_synthetic_val (--eval-only)")
     from ssprl_d2.transfer import finetune_and_evaluate
 
@@ -88,8 +97,24 @@ def main(argv=None) -> int:
     print("| init | box AP | box AP50 | mask AP | mask AP50 |\n|---|---|---|---|---|")
     for name, *vals in rows:
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+
+    t = stage(6, total, "analysis report of the pre-trained model")
+    checkpoint = os.path.join(PRETRAIN_DIR, "model_final.pth")
+    report = os.path.join(REPORT_DIR, "report.html")
+    if _newer(report, checkpoint):
+        print(f"  up to date: {report}")
+    else:
+        config = os.path.join(QUICK, "ssprl_R_18_cpu_synthetic.yaml")
+        run(["tools/analyze.py", "--config-file", config, "--output", REPORT_DIR,
+             "MODEL.WEIGHTS", checkpoint, "DATASETS.TEST", "('ssprl_synthetic_val',)"])
+        print(f"  report written ({time.time() - t:.0f} s)")
     print(f"\nlogs, checkpoints, TensorBoard events: {OUT}/*/ (tensorboard --logdir {OUT})")
+    print(f"what the pre-training learned (open in a browser): {os.path.join(REPO, report)}")
     return 0
+
+
+def _newer(path: str, than: str) -> bool:
+    return os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(than)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""The analysis report (tools/analyze.py): builds from a tiny checkpoint, no broken references."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from PIL import Image
+from util import REPO, tiny_cfg
+
+from ssprl_d2.analysis import AnalysisOptions, cosine_neighbors, knn_multilabel_map, write_report
+from ssprl_d2.analysis.curves import collapse_spans, curve_groups, load_metrics
+from ssprl_d2.analysis.features import cut_grid
+from ssprl_d2.analysis.figures import curves_figure, save_figure
+from ssprl_d2.analysis.prototypes import cooccurrence, top_members, top_pairs
+from ssprl_d2.data.datasets import register_coco_format
+from ssprl_d2.data.synthetic import generate_synthetic_dataset
+
+ANALYZE = os.path.join(REPO, "tools", "analyze.py")
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.ids, self.anchors = [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        for key in ("src", "href"):
+            ref = attrs.get(key)
+            if ref and ref.startswith("#"):
+                self.anchors.append(ref[1:])
+            elif ref:
+                self.refs.append(ref)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny SS-PRL checkpoint, a metrics.json beside it and a tiny labelled dataset."""
+    tmp = tmp_path_factory.mktemp("analyze")
+    root = str(tmp / "synth")
+    generate_synthetic_dataset(root, num_train=8, num_val=6, seed=3)
+    tag = uuid.uuid4().hex[:6]
+    names = {split: f"analyze_{split}_{tag}" for split in ("train", "val")}
+    for split, name in names.items():
+        register_coco_format(name, f"{root}/annotations/instances_{split}.json", f"{root}/{split}")
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    DetectionCheckpointer(model, save_dir=str(run_dir)).save("model_final", iteration=9)
+    with open(run_dir / "metrics.json", "w") as f:
+        for it in range(0, 10):
+            f.write(json.dumps({"iteration": it, "loss_pyr_s0": 5.0 - 0.1 * it,
+                                "ssprl/pred_entropy_s0": 0.99 if it < 4 else 0.8,
+                                "lr": 0.1}) + "\n")
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(run_dir / "model_final.pth")
+    cfg.DATASETS.TRAIN = (names["train"],)
+    cfg.DATASETS.TEST = (names["val"],)
+    yield cfg, tmp
+    for name in names.values():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _check_report(path):
+    folder = os.path.dirname(path)
+    parser = _Refs()
+    with open(path) as f:
+        parser.feed(f.read())
+    parser.close()
+    assert parser.refs, "the report references no figure"
+    for ref in parser.refs:
+        assert not ref.startswith(("/", "http:", "https:")), ref
+        with Image.open(os.path.join(folder, ref)) as im:
+            im.verify()
+    assert set(parser.anchors) <= parser.ids
+    return parser.refs
+
+
+def test_report_builds_from_tiny_checkpoint(tiny_run):
+    cfg, tmp = tiny_run
+    out = str(tmp / "report")
+    opts = AnalysisOptions(prototypes_per_scale=2, patches_per_prototype=3, queries=2,
+                           neighbors=2, knn_k=3, tsne_points=20, progress=False)
+    path = write_report(cfg, out, opts)
+    refs = _check_report(path)
+    for fig in ("curves.png", "tsne_prototypes.png", "prototype_patches_s2.png",
+                "cross_scale_heatmaps.png", "cross_scale_pairs.png", "retrieval.png"):
+        assert fig in refs
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["iteration"] == 9 and summary["images"] == 6
+    assert summary["num_prototypes"] == [8, 6, 6]
+    assert 0.0 <= summary["knn"]["mAP"] <= 100.0 and summary["knn"]["bank_size"] == 8
+    assert summary["collapse_spans"]["ssprl/pred_entropy_s0"] == [[0, 3]]
+
+
+def test_tool_refuses_missing_weights(tiny_run, tmp_path):
+    cfg, _ = tiny_run
+    proc = subprocess.run(
+        [sys.executable, ANALYZE, "--config-file", os.path.join(REPO, "configs",
+         "quick_schedules", "ssprl_R_18_cpu_synthetic.yaml"), "--output", str(tmp_path),
+         "MODEL.WEIGHTS", str(tmp_path / "nope.pth")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout
+    assert "does not exist" in proc.stdout
+    assert not os.path.exists(tmp_path / "report.html")
+
+
+def test_retrieval_of_an_image_returns_it_first():
+    feats = np.random.default_rng(0).normal(size=(12, 5))
+    idx, sims = cosine_neighbors(feats, feats, 3)
+    assert (idx[:, 0] == np.arange(12)).all()
+    assert np.allclose(sims[:, 0], 1.0) and (np.diff(sims, axis=1) <= 1e-12).all()
+
+
+def test_knn_map_follows_the_nearest_labels():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    test = np.array([[1.0, 0.05], [0.05, 1.0], [0.95, 0.0], [0.0, 0.9]])
+    res = knn_multilabel_map(train, labels, test, labels, ["a", "b"], k=2)
+    assert res["mAP"] == pytest.approx(100.0) and res["chance_mAP"] == pytest.approx(50.0)
+    # the labels swapped: every neighbour votes for the wrong class
+    assert knn_multilabel_map(train, labels, test, labels[:, ::-1], ["a", "b"], k=2)["mAP"] < 60
+
+
+def test_curves_read_metrics_with_missing_keys(tmp_path):
+    path = tmp_path / "metrics.json"
+    lines = [
+        json.dumps({"iteration": 19, "loss_pyr_s0": 5.5, "lr": 0.1}),
+        "{not json",
+        json.dumps({"iteration": 39, "ssprl/pred_entropy_s1": 0.99, "data_time": 0.1}),
+        json.dumps({"eval": 1}),
+        json.dumps({"iteration": 39, "loss_cross_s1": 1.0, "ssprl/pred_entropy_s1": 0.5}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    records = load_metrics(str(path))
+    assert [r["iteration"] for r in records] == [19, 39]  # resumed duplicate: later one wins
+    groups = curve_groups(records)
+    assert groups["usage"] == [] and groups["lr"] == ["lr"]
+    fig = curves_figure(records, 0.97)
+    with Image.open(save_figure(fig, str(tmp_path / "c.png"))) as im:
+        im.verify()
+    assert curves_figure(load_metrics(str(tmp_path / "absent.json")), 0.97) is None
+    assert curves_figure([{"iteration": 1, "time": 0.3}], 0.97) is None
+
+
+def test_collapse_spans_mark_entropy_at_one():
+    its = np.array([0, 20, 40, 60, 80])
+    assert collapse_spans(its, np.array([0.99, 0.98, 0.7, 0.99, 0.99])) == [(0, 20), (60, 80)]
+    assert collapse_spans(its, np.full(5, 0.5)) == []
+
+
+def test_prototype_helpers():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
+    assert top_members(probs, 0, 2).tolist() == [0, 3]
+    w = np.array([[0.1, 0.5], [0.9, 0.0]])
+    assert top_pairs(w, 2) == [(1, 0, 0.9), (0, 1, 0.5)]
+    assert top_pairs(w, 5, rows=np.array([True, False])) == [(0, 1, 0.5), (0, 0, 0.1)]
+    co = cooccurrence(np.array([1, 0]), np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), 2, 2)
+    assert co.tolist() == [[0, 2], [1, 1]]
+    cells = cut_grid(np.zeros((30, 40, 3), np.uint8), 3, 8)
+    assert len(cells) == 9 and cells[0].shape == (8, 8, 3)
