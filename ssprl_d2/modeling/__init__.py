@@ -6,7 +6,8 @@ projection heads and prototypes (``heads.py``), Sinkhorn-Knopp (``sinkhorn.py``)
 (``task.py``).
 """
 from .classifier import MultiLabelClassifier
-from .ssprl import SSPRL, group_crops_by_size
+from .pretrainer import group_crops_by_size
+from .ssprl import SSPRL
 from .task import TASKS, get_task
 
 __all__ = ["MultiLabelClassifier", "SSPRL", "TASKS", "get_task", "group_crops_by_size"]
