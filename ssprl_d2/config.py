@@ -82,8 +82,9 @@ def _add_mls_config(cfg: CN) -> None:
     _C.HEAD_HIDDEN_DIM = 2048
     # width of z, the L2-normalised projection held in Q_z (paper: 256-d; MoCo v2 used 128)
     _C.HEAD_OUT_DIM = 256
-    # norm between the head's layers: "" (none, MoCo v2's Linear-ReLU-Linear), "BN", "SyncBN"
-    # or "naiveSyncBN"
+    # norm between the head's layers: "" (none: MoCo v2's Linear-ReLU-Linear, the paper's
+    # skeleton), "BN", "SyncBN" or "naiveSyncBN"; BN centres z, which on small CPU runs slowed
+    # the drift of all projections towards one direction that L_ml's shared negatives cause
     _C.HEAD_NORM = ""
     # m, momentum of the key encoder's EMA: theta_k <- m theta_k + (1 - m) theta_q
     _C.MOMENTUM = 0.995
