@@ -166,7 +166,8 @@ def _strip_pretrain(record: Dict) -> Dict:
 
 
 def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) -> PretrainLoader:
-    """The SS-PRL training loader of ``cfg.DATASETS.TRAIN`` (labels ignored).
+    """The pre-training loader of ``cfg.DATASETS.TRAIN`` (labels kept as category ids only, for
+    diagnostics such as MLS's pseudo-label precision; no loss reads them).
 
     Args:
         cfg: a config with the SS-PRL keys.
