@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 from util import REPO, set_keys
 
 from ssprl_d2 import add_ssprl_config
@@ -199,8 +200,14 @@ def test_mls_builds_trains_a_step_and_fills_its_dictionaries():
     # empty dictionaries at the first step: nothing to contrast with or to label
     assert losses["loss_infonce"].item() == pytest.approx(0.0, abs=1e-6)
     assert int(model.dictionary.count) == 4
-    losses = model(mls_batch(4, seed=1))
+    storage = EventStorage()
+    with storage:
+        losses = model(mls_batch(4, seed=1))
     assert losses["loss_infonce"].item() > 0 and losses["loss_ml"].item() > 0
+    logged = set(storage.histories())
+    for name in ("mls/dictionary_fill", "mls/pseudo_label_precision", "mls/pseudo_label_usage",
+                 "mls/positive_similarity", "mls/dictionary_similarity"):
+        assert name in logged, name
     sum(losses.values()).backward()
     assert model.backbone.stem.conv1.weight.grad is not None
     assert model.head.mlp[0].weight.grad is not None

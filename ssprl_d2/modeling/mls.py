@@ -280,6 +280,14 @@ class MLS(nn.Module):
             ml.append(multilabel_bce(z_q, dict_z, labels, self.temperature))
             if q_view == 0:
                 metrics.update(self._label_metrics(labels, classes))
+                with torch.no_grad():
+                    # collapse signals: both approach 1 when every projection points one way
+                    metrics["mls/positive_similarity"] = float(
+                        (z_q.float() * keys[k_view][1].float()).sum(1).mean()
+                    )
+                    metrics["mls/dictionary_similarity"] = float(
+                        (z_q.float() @ dict_z.float().t()).mean()
+                    )
 
         # keys enter the dictionaries after the losses, gathered so every rank holds the same
         new_g = torch.cat([keys[v][0] for _, v in pairs])
