@@ -1,7 +1,8 @@
-"""Config keys of SS-PRL, added to a Detectron2 ``CfgNode`` by :func:`add_ssprl_config`.
+"""Config keys of the project, added to a Detectron2 ``CfgNode`` by :func:`add_ssprl_config`.
 
-Defaults are the paper's COCO recipe (METHODS.md section 1); where the paper is silent they are
-the authors' release.
+SS-PRL's defaults are the paper's COCO recipe (METHODS.md section 1); where the paper is silent
+they are the authors' release. ``MODEL.MLS`` holds MLS's (METHODS.md section 4), which has no
+public code: where its paper is silent the comment says what was chosen and why.
 """
 from detectron2.config import CfgNode as CN
 
@@ -9,12 +10,14 @@ __all__ = ["add_ssprl_config"]
 
 
 def add_ssprl_config(cfg: CN) -> None:
-    """Add the ``MODEL.SSPRL``, ``INPUT.SSPRL``, ``DATASETS.SSPRL`` and ``SOLVER.SSPRL`` nodes.
+    """Add the ``MODEL.SSPRL``, ``MODEL.MLS``, ``INPUT.SSPRL``, ``DATASETS.SSPRL``, ``SOLVER.SSPRL``
+    (and the multi-label protocols') nodes.
 
     Args:
         cfg: a Detectron2 config (usually ``get_cfg()``); modified in place.
     """
     _add_model_config(cfg)
+    _add_mls_config(cfg)
     _add_input_config(cfg)
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
@@ -67,6 +70,46 @@ def _add_model_config(cfg: CN) -> None:
     _C.QUEUE_ROUNDING = "step"
     # epoch at which the queues switch on (release: 80); negative disables queues
     _C.QUEUE_START_EPOCH = 80
+
+
+def _add_mls_config(cfg: CN) -> None:
+    # MLS (Multi-Label Self-supervised learning, ICCV 2023): a MoCo-v2 skeleton plus a
+    # multi-label BCE over two same-order dictionaries. Views come from INPUT.SSPRL (two crops,
+    # no grids: see configs/Pretrain/Base-MLS.yaml)
+    cfg.MODEL.MLS = CN()
+    _C = cfg.MODEL.MLS
+    # hidden width of the two-layer MLP head (MoCo v2: 2048)
+    _C.HEAD_HIDDEN_DIM = 2048
+    # width of z, the L2-normalised projection held in Q_z (paper: 256-d; MoCo v2 used 128)
+    _C.HEAD_OUT_DIM = 256
+    # norm between the head's layers: "" (none: MoCo v2's Linear-ReLU-Linear, the paper's
+    # skeleton), "BN", "SyncBN" or "naiveSyncBN"; BN centres z, which on small CPU runs slowed
+    # the drift of all projections towards one direction that L_ml's shared negatives cause
+    _C.HEAD_NORM = ""
+    # m, momentum of the key encoder's EMA: theta_k <- m theta_k + (1 - m) theta_q
+    _C.MOMENTUM = 0.995
+    # tau, temperature of InfoNCE and of the multi-label logits z1 . Q_z / tau
+    _C.TEMPERATURE = 0.2
+    # D, length of both dictionaries Q_g and Q_z (global: keys of all processes enter them)
+    _C.DICTIONARY_LENGTH = 4096
+    # k, pseudo-positives per query: the top-k entries of g1 . Q_g get label 1, the rest 0
+    _C.TOP_K = 20
+    # weight of L_ml in L = L_InfoNCE + w * L_ml (paper: 0.5); 0 is plain MoCo v2
+    _C.ML_WEIGHT = 0.5
+    # InfoNCE's negatives are Q_z (the MoCo queue, which Q_z is); the paper names no other.
+    # symmetric loss: False is MoCo v2 (view 1 queries, view 2 keys, as the paper's g1/z1 read);
+    # True adds the swapped term (view 2 queries, view 1 keys), averages the two and pushes both
+    # views' keys (twice the trunk calls of the key encoder)
+    _C.SYMMETRIC = False
+    # key encoder's batch norm: "sync" uses the trunk's own norm (MODEL.RESNETS.NORM: SyncBN in
+    # the COCO config, statistics over the global batch, as MoCo v3; cheating through BN needs
+    # the query and its key in one small batch); "shuffle" is MoCo v2's shuffle-BN (keys shuffled
+    # across processes before the key encoder, per-process BN; no effect with one process)
+    _C.KEY_BN = "sync"
+    # C, number of ground-truth classes for the pseudo-label precision scalar (the fraction of a
+    # query's top-k pseudo-positives sharing one of its classes); 0 switches it off. Needs an
+    # annotated DATASETS.TRAIN (category ids 0..C-1); the labels are never used for training
+    _C.PRECISION_CLASSES = 0
 
 
 def _add_input_config(cfg: CN) -> None:

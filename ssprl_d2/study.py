@@ -6,7 +6,16 @@ exactly what a user runs; ``tools/run_study.py`` drives the runs and writes the 
 import math
 from typing import Dict, List, Mapping, Sequence
 
-__all__ = ["VARIANTS", "PRETRAINED_VARIANTS", "aggregate", "markdown_table", "mean_std"]
+__all__ = [
+    "VARIANTS",
+    "PRETRAINED_VARIANTS",
+    "PRETRAIN_CONFIGS",
+    "DEFAULT_PRETRAIN_CONFIG",
+    "pretrain_config",
+    "aggregate",
+    "markdown_table",
+    "mean_std",
+]
 
 _SCALE0_ONLY = [
     "INPUT.SSPRL.GRIDS", "[]",
@@ -27,8 +36,19 @@ VARIANTS: Dict[str, List[str]] = {
     "L_cross only": ["MODEL.SSPRL.PYR_WEIGHTS", "[1.0, 0.0, 0.0]"],
     "shared prototypes": ["MODEL.SSPRL.SHARED_PROTOTYPES", "True"],
     "SS-PRL, release mu": ["MODEL.SSPRL.CROSS_MU", "scores"],
+    "MLS": [],
 }
 PRETRAINED_VARIANTS = [name for name, opts in VARIANTS.items() if opts is not None]
+
+# the CPU pre-training schedule (under configs/quick_schedules/) a variant's overrides apply to;
+# every variant not named here is an SS-PRL variant
+DEFAULT_PRETRAIN_CONFIG = "ssprl_R_18_cpu_synthetic.yaml"
+PRETRAIN_CONFIGS: Dict[str, str] = {"MLS": "mls_R_18_cpu_synthetic.yaml"}
+
+
+def pretrain_config(variant: str) -> str:
+    """File name (under ``configs/quick_schedules/``) of the schedule pre-training ``variant``."""
+    return PRETRAIN_CONFIGS.get(variant, DEFAULT_PRETRAIN_CONFIG)
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:

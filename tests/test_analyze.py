@@ -130,10 +130,11 @@ def test_knn_map_follows_the_nearest_labels():
     train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
     test = np.array([[1.0, 0.05], [0.05, 1.0], [0.95, 0.0], [0.0, 0.9]])
-    res = knn_multilabel_map(train, labels, test, labels, ["a", "b"], k=2)
+    truth = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    res = knn_multilabel_map(train, labels, test, truth, ["a", "b"], k=2)
     assert res["mAP"] == pytest.approx(100.0) and res["chance_mAP"] == pytest.approx(50.0)
     # the labels swapped: every neighbour votes for the wrong class
-    assert knn_multilabel_map(train, labels, test, labels[:, ::-1], ["a", "b"], k=2)["mAP"] < 60
+    assert knn_multilabel_map(train, labels, test, truth[:, ::-1], ["a", "b"], k=2)["mAP"] < 60
 
 
 def test_curves_read_metrics_with_missing_keys(tmp_path):

@@ -155,3 +155,38 @@ def test_tool_reports_and_exits_non_zero_without_writing(ssprl_r18_checkpoint, t
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0 and "claims ResNet-50" in proc.stderr
     assert not bad.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_mls_export_keeps_the_query_trunk_and_loads_into_mask_rcnn(tmp_path):
+    """MLS checkpoints hold a key encoder too: the export must take ``backbone.*`` only."""
+    from test_mls import mls_tiny_cfg
+
+    torch.manual_seed(0)
+    pretrainer = _trained_like(build_model(mls_tiny_cfg()))
+    with torch.no_grad():  # the key trunk differs from the query trunk, as after training
+        for p in pretrainer.key_backbone.parameters():
+            p.sub_(0.05)
+    ckpt = str(tmp_path / "mls_r18.pth")
+    torch.save({"model": pretrainer.state_dict()}, ckpt)
+    out = str(tmp_path / "mls_r18.pkl")
+    report = convert_checkpoint(ckpt, out)
+    assert report.depth == 18
+    for dropped in ("key_backbone.", "key_head.", "head.", "dictionary."):
+        assert any(k.startswith(dropped) for k in report.dropped), dropped
+
+    det_cfg = get_cfg()
+    add_ssprl_config(det_cfg)
+    det_cfg.merge_from_file(
+        os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_cpu_synthetic.yaml")
+    )
+    det_cfg.MODEL.DEVICE = "cpu"
+    detector = build_model(det_cfg)
+    DetectionCheckpointer(detector).load(out)
+    after = detector.state_dict()
+    query = {k[len("backbone."):]: v for k, v in pretrainer.state_dict().items()
+             if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+    assert query
+    for k, v in query.items():
+        assert torch.equal(after["backbone.bottom_up." + k], v), k
+    key_conv = pretrainer.key_backbone.stem.conv1.weight
+    assert not torch.equal(after["backbone.bottom_up.stem.conv1.weight"], key_conv)

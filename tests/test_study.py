@@ -3,7 +3,14 @@ import torch
 from detectron2.modeling import build_model
 from util import random_batch, tiny_cfg
 
-from ssprl_d2.study import PRETRAINED_VARIANTS, VARIANTS, aggregate, markdown_table
+from ssprl_d2.study import (
+    DEFAULT_PRETRAIN_CONFIG,
+    PRETRAINED_VARIANTS,
+    VARIANTS,
+    aggregate,
+    markdown_table,
+    pretrain_config,
+)
 
 
 def test_aggregate_mean_and_sample_std():
@@ -21,6 +28,20 @@ def test_aggregate_mean_and_sample_std():
 @pytest.mark.parametrize("variant", PRETRAINED_VARIANTS)
 def test_every_pretraining_variant_builds_and_trains_a_step(variant):
     opts = VARIANTS[variant]
+    if pretrain_config(variant) != DEFAULT_PRETRAIN_CONFIG:
+        from test_mls import mls_batch, mls_tiny_cfg
+
+        assert variant == "MLS"
+        cfg = mls_tiny_cfg()
+        cfg.merge_from_list(list(opts))
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.train()
+        model(mls_batch(4, seed=0))  # the first step fills the dictionaries
+        losses = model(mls_batch(4, seed=1))
+        assert set(losses) == {"loss_infonce", "loss_ml"}
+        sum(losses.values()).backward()
+        return
     cfg = tiny_cfg()
     cfg.merge_from_list(list(opts))
     if variant.startswith("SwAV"):

@@ -5,11 +5,12 @@
     python tools/run_study.py --seeds 0 --pretrain-iters 20 --eval-iters 10   # a quick try
 
 For every variant of ssprl_d2.study.VARIANTS (random init, SwAV = scale 0 only, full SS-PRL,
-L_pyr only, L_cross only, shared prototypes, the release's mu) and every seed: pre-train with the
-CPU schedule (same iterations for all), export the trunk, then evaluate by linear multi-label
-mAP (frozen trunk) and by semi-supervised fine-tuning on 10% of the labels (the subset is the
-same for every run). Metrics are those of the final iteration on ssprl_synthetic_val. Writes
-results/study.json (every run) and results/study.md (mean +- std over seeds) atomically.
+L_pyr only, L_cross only, shared prototypes, the release's mu, MLS) and every seed: pre-train with
+its CPU schedule (ssprl_d2.study.pretrain_config; same iterations for all), export the trunk,
+then evaluate by linear multi-label mAP (frozen trunk) and by semi-supervised fine-tuning on
+10% of the labels (the subset is the same for every run). Metrics are those of the final
+iteration on ssprl_synthetic_val. Writes results/study.json (every run) and results/study.md
+(mean +- std over seeds) atomically.
 """
 import argparse
 import importlib.util
@@ -28,10 +29,9 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from ssprl_d2.atomic import atomic_write_bytes  # noqa: E402
 from ssprl_d2.convert import convert_checkpoint  # noqa: E402
-from ssprl_d2.study import VARIANTS, aggregate, markdown_table  # noqa: E402
+from ssprl_d2.study import VARIANTS, aggregate, markdown_table, pretrain_config  # noqa: E402
 
 QUICK = os.path.join(REPO, "configs", "quick_schedules")
-PRETRAIN = os.path.join(QUICK, "ssprl_R_18_cpu_synthetic.yaml")
 # protocol -> (config, overrides); the 10% subset is the same for every run (SUBSET_SEED 0)
 PROTOCOLS = {
     "linear mAP": (os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"), []),
@@ -86,9 +86,10 @@ def main(argv=None) -> int:
         weights = ""
         if opts is not None:
             pre_dir = os.path.join(run_dir, "pretrain")
-            _run(train_net, PRETRAIN, [*opts, "SEED", str(seed), "SOLVER.MAX_ITER",
-                                       str(args.pretrain_iters), "SOLVER.CHECKPOINT_PERIOD",
-                                       "100000", "OUTPUT_DIR", pre_dir])
+            config = os.path.join(QUICK, pretrain_config(variant))
+            _run(train_net, config, [*opts, "SEED", str(seed), "SOLVER.MAX_ITER",
+                                     str(args.pretrain_iters), "SOLVER.CHECKPOINT_PERIOD",
+                                     "100000", "OUTPUT_DIR", pre_dir])
             weights = os.path.join(run_dir, "trunk.pkl")
             convert_checkpoint(os.path.join(pre_dir, "model_final.pth"), weights)
         for protocol, (config, extra) in PROTOCOLS.items():
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "commit": commit,
         "seeds": args.seeds,
-        "pretrain": f"{os.path.relpath(PRETRAIN, REPO)}, MAX_ITER {args.pretrain_iters}",
+        "pretrain": {v: f"configs/quick_schedules/{pretrain_config(v)}, MAX_ITER "
+                     f"{args.pretrain_iters}" for v, o in VARIANTS.items() if o is not None},
         "evaluation": {k: [os.path.relpath(c, REPO), *o] for k, (c, o) in PROTOCOLS.items()},
         "eval_iters": args.eval_iters,
         "seconds": round(time.time() - start),

@@ -155,12 +155,19 @@ class PretrainLoader:
 
 
 def _strip_pretrain(record: Dict) -> Dict:
-    # only the file is needed; dropping annotations keeps worker memory small on COCO
-    return {"file_name": record["file_name"], "image_id": record.get("image_id")}
+    # the file, and of the annotations only the image's category ids (never trained on; MLS's
+    # pseudo-label precision reads them): dropping boxes and polygons keeps worker memory small
+    out = {"file_name": record["file_name"], "image_id": record.get("image_id")}
+    if "annotations" in record:
+        out["category_ids"] = sorted(
+            {int(a["category_id"]) for a in record["annotations"] if not a.get("difficult", 0)}
+        )
+    return out
 
 
 def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) -> PretrainLoader:
-    """The SS-PRL training loader of ``cfg.DATASETS.TRAIN`` (labels ignored).
+    """The pre-training loader of ``cfg.DATASETS.TRAIN`` (labels kept as category ids only, for
+    diagnostics such as MLS's pseudo-label precision; no loss reads them).
 
     Args:
         cfg: a config with the SS-PRL keys.

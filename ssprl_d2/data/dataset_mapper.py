@@ -49,7 +49,8 @@ class PyramidDatasetMapper:
 
         Returns: {"crops": list of (3, S, S) tensors in layout order, "seed", "image_id",
             "photometric_done"} (True when the workers already applied the photometric part;
-            the crops are uint8 either way).
+            the crops are uint8 either way), and the record's ``"category_ids"`` when it has
+            them (diagnostics only, e.g. MLS's pseudo-label precision).
 
         Raises: BadImageError if the file cannot be decoded.
         """
@@ -59,12 +60,15 @@ class PyramidDatasetMapper:
         done = self.photometric is not None
         if done:
             crops = self.photometric(crops, seed)
-        return {
+        sample = {
             "crops": crops,
             "seed": seed,
             "image_id": dataset_dict.get("image_id"),
             "photometric_done": done,
         }
+        if "category_ids" in dataset_dict:
+            sample["category_ids"] = list(dataset_dict["category_ids"])
+        return sample
 
 
 def multilabel_targets(dataset_dict: Dict[str, Any], num_classes: int) -> np.ndarray:

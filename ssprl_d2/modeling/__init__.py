@@ -1,16 +1,22 @@
 """Meta-architectures registered in Detectron2's META_ARCH_REGISTRY, with the parts they share.
 
-One file per meta-architecture (``ssprl.py``, ``classifier.py``); beside them the parts:
-projection heads and prototypes (``heads.py``), Sinkhorn-Knopp (``sinkhorn.py``), embedding queues
-(``queue.py``), objectives (``loss.py``), the task each meta-architecture trains as (``task.py``)
-and the C4 box head of the MoCo detection protocol (``roi_heads.py``).
+One file per meta-architecture (``ssprl.py``, ``mls.py``, ``classifier.py``); beside them the
+parts: what the pre-trainers share around the trunk (``pretrainer.py``: crops, device-side
+photometrics, pooling), projection heads and prototypes (``heads.py``), Sinkhorn-Knopp
+(``sinkhorn.py``), embedding queues and dictionaries (``queue.py``), momentum encoders
+(``momentum.py``), collectives (``distributed.py``), objectives (``loss.py`` for SS-PRL,
+``mls_loss.py`` for MLS), the task each meta-architecture trains as (``task.py``) and the C4 box
+head of the MoCo detection protocol (``roi_heads.py``).
 """
 from .classifier import MultiLabelClassifier
+from .mls import MLS
+from .pretrainer import group_crops_by_size
 from .roi_heads import Res5ROIHeadsExtraNorm
-from .ssprl import SSPRL, group_crops_by_size
+from .ssprl import SSPRL
 from .task import TASKS, get_task
 
 __all__ = [
+    "MLS",
     "MultiLabelClassifier",
     "Res5ROIHeadsExtraNorm",
     "SSPRL",

@@ -1,4 +1,4 @@
-"""Projection heads, prototypes and the cross-scale correlation learner g_phi of SS-PRL."""
+"""Projection heads (every pre-trainer), prototypes and the cross-scale learner g_phi (SS-PRL)."""
 from typing import Sequence
 
 import torch
@@ -20,23 +20,28 @@ def build_norm_1d(norm: str, channels: int) -> nn.Module:
     """A batch norm for (N, C) features, named as ``MODEL.RESNETS.NORM``.
 
     Args:
-        norm: "BN", "SyncBN" (torch SyncBatchNorm, needs CUDA) or "naiveSyncBN" (any backend).
+        norm: "BN", "SyncBN" (torch SyncBatchNorm, needs CUDA), "naiveSyncBN" (any backend) or
+            "" (no norm, as MoCo v2's head).
         channels: C.
 
     Returns:
-        the norm module.
+        the norm module (an identity for "").
     """
+    if norm == "":
+        return nn.Identity()
     if norm == "BN":
         return nn.BatchNorm1d(channels)
     if norm == "SyncBN":
         return nn.SyncBatchNorm(channels)
     if norm == "naiveSyncBN":
         return _NaiveSyncBatchNorm1d(channels)
-    raise ValueError(f"Unknown head norm {norm!r}; expected 'BN', 'SyncBN' or 'naiveSyncBN'")
+    raise ValueError(
+        f"Unknown head norm {norm!r}; expected 'BN', 'SyncBN', 'naiveSyncBN' or ''"
+    )
 
 
 class ProjectionHead(nn.Module):
-    """Linear - BN - ReLU - Linear, output L2-normalised (the z of Eq. 1)."""
+    """Linear - norm - ReLU - Linear, output L2-normalised (SS-PRL's z of Eq. 1, MLS's z)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "BN"):
         super().__init__()

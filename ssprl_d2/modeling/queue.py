@@ -1,10 +1,15 @@
-"""FIFO queues of past embeddings that stabilise Sinkhorn at small batch (SwAV, release)."""
-from typing import Sequence
+"""FIFO buffers of past embeddings, kept as module buffers so that checkpoints hold them.
+
+:class:`EmbeddingQueue`: per-view queues that stabilise Sinkhorn at small batch (SwAV, SS-PRL's
+release). :class:`AlignedDictionary`: several dictionaries of one length and one order, row i of
+each coming from the same key (MLS's Q_g and Q_z, and optionally the keys' class labels).
+"""
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["QUEUE_ROUNDINGS", "EmbeddingQueue", "local_queue_length"]
+__all__ = ["QUEUE_ROUNDINGS", "AlignedDictionary", "EmbeddingQueue", "local_queue_length"]
 
 # "step": a multiple of one step's entries (global batch x patches); "release": the authors' code,
 # the length minus its remainder modulo the global batch (patch scales included)
@@ -79,3 +84,66 @@ class EmbeddingQueue(nn.Module):
         for j, z in enumerate(views):
             self.embeddings[j, :n] = z[-n:].detach().to(self.embeddings.dtype)
         self.count.fill_(min(int(self.count) + n, self.length))
+
+
+class AlignedDictionary(nn.Module):
+    """Dictionaries of equal length sharing one write position (a ring buffer, as MoCo's queue).
+
+    Each field is a (length, dim) buffer; a push writes the same rows of every field, so row i of
+    every field always describes the same key, also after the write position wraps around. Rows
+    ``[0, count)`` are valid (the buffer fills from row 0 before it first wraps).
+    """
+
+    def __init__(self, length: int, fields: Dict[str, Tuple[int, torch.dtype]]):
+        """
+        Args:
+            length: D, rows of every field (> 0).
+            fields: {name: (dim, dtype)}; each becomes a buffer ``name`` of shape (D, dim).
+        """
+        super().__init__()
+        if length <= 0:
+            raise ValueError(f"dictionary length must be positive, got {length}")
+        if not fields:
+            raise ValueError("a dictionary needs at least one field")
+        self.fields = list(fields)
+        for name, (dim, dtype) in fields.items():
+            self.register_buffer(name, torch.zeros(length, dim, dtype=dtype))
+        # next row to write, and valid rows; checkpointed so a resumed run continues in place
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @property
+    def length(self) -> int:
+        return getattr(self, self.fields[0]).shape[0]
+
+    @property
+    def fill(self) -> float:
+        """Fraction of valid rows, in [0, 1]."""
+        return int(self.count) / self.length
+
+    def valid(self, name: str) -> torch.Tensor:
+        """The valid rows of field ``name``: (count, dim)."""
+        return getattr(self, name)[: int(self.count)]
+
+    @torch.no_grad()
+    def push(self, **rows: torch.Tensor) -> None:
+        """Write N new rows of every field over the oldest ones.
+
+        Args:
+            rows: {field: (N, dim)} with the same N for every field; with N above the length only
+                the last ``length`` rows are kept.
+        """
+        if set(rows) != set(self.fields):
+            raise ValueError(f"push needs exactly the fields {self.fields}, got {sorted(rows)}")
+        n = {v.shape[0] for v in rows.values()}
+        if len(n) != 1:
+            raise ValueError(f"every field needs the same number of rows, got {sorted(n)}")
+        num = n.pop()
+        length = self.length
+        skip = max(0, num - length)
+        index = (int(self.ptr) + skip + torch.arange(num - skip)) % length
+        for name, value in rows.items():
+            buf = getattr(self, name)
+            buf[index.to(buf.device)] = value[skip:].detach().to(buf.dtype)
+        self.ptr.fill_((int(self.ptr) + num) % length)
+        self.count.fill_(min(int(self.count) + num, length))

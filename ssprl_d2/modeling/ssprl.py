@@ -1,18 +1,15 @@
 """The SS-PRL pre-trainer as a Detectron2 meta-architecture (``META_ARCHITECTURE: "SSPRL"``)."""
 import logging
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..data.augmentation import build_photometric, group_seed
+from ..data.augmentation import build_photometric
 from ..data.views import CropSpec, build_view_layout
 from .heads import CrossScaleLearner, ProjectionHead, Prototypes, unique_modules
 from .loss import (
@@ -24,38 +21,18 @@ from .loss import (
     prediction_entropy,
     swapped_prediction_loss,
 )
+from .pretrainer import (
+    augmented_crop_groups,
+    group_crops_by_size,
+    pooled_trunk_features,
+    put_scalars,
+)
 from .queue import EmbeddingQueue, local_queue_length
 from .sinkhorn import sinkhorn
 
-__all__ = ["SSPRL", "group_crops_by_size"]
+__all__ = ["SSPRL"]
 
 logger = logging.getLogger(__name__)
-
-
-def group_crops_by_size(layout: Sequence[CropSpec]) -> "OrderedDict[int, List[int]]":
-    """Layout indices of the crops of each size, largest size first.
-
-    Crops of equal size share one trunk call even when they are not adjacent in the layout (the
-    3x3 patches and the small scale-0 crops are both 96 px at the paper's settings).
-
-    Args:
-        layout: the crop specs in canonical order.
-
-    Returns:
-        {size: [layout indices]}.
-    """
-    groups: Dict[int, List[int]] = {}
-    for i, spec in enumerate(layout):
-        groups.setdefault(spec.size, []).append(i)
-    return OrderedDict(sorted(groups.items(), key=lambda kv: -kv[0]))
-
-
-def _put_scalars(**scalars: float) -> None:
-    try:
-        storage = get_event_storage()
-    except AssertionError:  # no storage outside a trainer (tests, benchmarks)
-        return
-    storage.put_scalars(**scalars, smoothing_hint=False)
 
 
 @META_ARCH_REGISTRY.register()
@@ -294,10 +271,7 @@ class SSPRL(nn.Module):
         Returns:
             (N, C) features (2048 for ResNet-50).
         """
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        feats = self.backbone(images)[self.in_feature]
-        return F.adaptive_avg_pool2d(feats, 1).flatten(1)
+        return pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images * 255.0 - self.pixel_mean) / self.pixel_std
@@ -312,21 +286,11 @@ class SSPRL(nn.Module):
             features[i]: (B, C) for layout index i.
         """
         batch = len(batched_inputs)
-        seed = batched_inputs[0].get("seed")
         per_crop: List[Optional[torch.Tensor]] = [None] * len(self.layout)
-        for group_id, (size, indices) in enumerate(self.size_groups.items()):
-            # crop-major order: rows [k * B, (k + 1) * B) hold layout index indices[k]
-            crops = torch.stack([x["crops"][i] for i in indices for x in batched_inputs])
-            crops = crops.to(self.device, non_blocking=True)
-            if batched_inputs[0].get("photometric_done", False):
-                crops = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops
-            elif self.photometric is not None:
-                crops = self.photometric(crops, seed=group_seed(seed, group_id))
-            else:
-                raise ValueError(
-                    "crops arrive without photometric augmentation and the model has none: "
-                    "INPUT.SSPRL.PHOTOMETRIC_ON must match between the data loader and the model"
-                )
+        groups = augmented_crop_groups(
+            batched_inputs, self.size_groups, self.photometric, self.device
+        )
+        for indices, crops in groups:
             feats = self.pooled_features(self._normalize(crops))
             for k, i in enumerate(indices):
                 per_crop[i] = feats[k * batch : (k + 1) * batch]
@@ -400,7 +364,7 @@ class SSPRL(nn.Module):
                 )
             metrics[f"ssprl/code_usage_s{s}"] = code_usage(torch.cat(codes))
             metrics[f"ssprl/pred_entropy_s{s}"] = prediction_entropy(scores, self.temperature)
-        _put_scalars(**metrics)
+        put_scalars(**metrics)
         return losses
 
     def inference(self, batched_inputs: List[dict]) -> List[dict]:

@@ -1,0 +1,335 @@
+"""The MLS pre-trainer as a Detectron2 meta-architecture (``META_ARCHITECTURE: "MLS"``)."""
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
+from torch import nn
+
+from ..data.augmentation import build_photometric
+from ..data.views import CropSpec, build_view_layout
+from .distributed import concat_all_gather, shuffle_across_processes, unshuffle_across_processes
+from .heads import ProjectionHead
+from .mls_loss import (
+    info_nce,
+    multilabel_bce,
+    pseudo_label_precision,
+    pseudo_label_usage,
+    topk_pseudo_labels,
+)
+from .momentum import ema_update_, momentum_copy
+from .pretrainer import (
+    augmented_crop_groups,
+    group_crops_by_size,
+    pooled_trunk_features,
+    put_scalars,
+)
+from .queue import AlignedDictionary
+
+__all__ = ["MLS", "KEY_BN_MODES", "multi_hot"]
+
+logger = logging.getLogger(__name__)
+
+# MODEL.MLS.KEY_BN: the trunk's own norm for the key encoder, or MoCo v2's shuffle-BN
+KEY_BN_MODES = ("sync", "shuffle")
+
+
+def multi_hot(category_ids: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
+    """(B, C) uint8 multi-hot labels from each sample's category ids.
+
+    Raises:
+        ValueError: an id outside 0..C-1.
+    """
+    out = torch.zeros(len(category_ids), num_classes, dtype=torch.uint8)
+    for row, ids in enumerate(category_ids):
+        for c in ids:
+            if not 0 <= int(c) < num_classes:
+                raise ValueError(
+                    f"category id {c} outside 0..{num_classes - 1}: set MODEL.MLS."
+                    "PRECISION_CLASSES to the dataset's number of classes (or 0)"
+                )
+            out[row, int(c)] = 1
+    return out
+
+
+@META_ARCH_REGISTRY.register()
+class MLS(nn.Module):
+    """Multi-Label Self-supervised learning (Zhu et al., ICCV 2023) on a Detectron2 ResNet trunk.
+
+    MoCo v2 skeleton: the query encoder is ``backbone`` (exported by ``tools/convert_weights.py``)
+    plus ``head``, a two-layer MLP; the key encoder (``key_backbone``, ``key_head``) is their
+    momentum copy. Two dictionaries of one order and length D (``dictionary``): Q_g holds the
+    L2-normalised pooled key-trunk features g, Q_z the L2-normalised key projections z. For a
+    query view x1: y = top-k(g1 . Q_g) (binary pseudo-labels), L_ml = BCE(z1 . Q_z / tau, y)
+    averaged over D, L_InfoNCE = MoCo's loss with the other view's key as positive and Q_z as
+    negatives; L = L_InfoNCE + w L_ml. Keys of every process enter the dictionaries (gathered),
+    so they are identical on all ranks and checkpointed as ordinary buffers.
+
+    Training input: a list of dicts, one per image, with ``"crops"`` (two uint8 CHW crops),
+    ``"seed"``, ``"photometric_done"`` and, for the precision scalar, ``"category_ids"``.
+    Inference input: dicts with ``"image"`` (uint8 CHW RGB); output: one dict per image with the
+    pooled trunk ``"features"``.
+    """
+
+    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
+    task = "pretrain"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        layout: Sequence[CropSpec],
+        head_hidden_dim: int,
+        head_out_dim: int,
+        head_norm: str = "",
+        momentum: float = 0.995,
+        temperature: float = 0.2,
+        dictionary_length: int = 4096,
+        top_k: int = 20,
+        ml_weight: float = 0.5,
+        symmetric: bool = False,
+        key_bn: str = "sync",
+        precision_classes: int = 0,
+        photometric: Optional[nn.Module] = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        channels_last: bool = False,
+    ):
+        """
+        Args:
+            backbone: the query trunk; ``in_feature`` names its output that is average-pooled.
+            layout: the two crops of an input's ``"crops"`` (scale 0, no patches).
+            head_hidden_dim, head_out_dim, head_norm: MLP head widths and norm ("" for none).
+            momentum: m of the key encoder's EMA.
+            temperature: tau of InfoNCE and of the multi-label logits.
+            dictionary_length: D, rows of Q_g and Q_z (global).
+            top_k: k pseudo-positives per query.
+            ml_weight: w, weight of L_ml.
+            symmetric: add the swapped term (view 2 queries against view 1 keys).
+            key_bn: "sync" (the trunk's own norm) or "shuffle" (MoCo v2's shuffle-BN).
+            precision_classes: C for the pseudo-label precision scalar; 0 switches it off.
+            photometric: batched photometric augmentation applied on the training device, or
+                None when the data workers already applied it.
+            pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
+            channels_last: run the trunks in channels-last memory format.
+        """
+        super().__init__()
+        if len(layout) != 2 or any(spec.scale != 0 for spec in layout):
+            raise ValueError(
+                "MLS takes two crops per image: INPUT.SSPRL.NMB_CROPS [2] (or [1, 1]) and "
+                f"GRIDS []; the layout has {len(layout)} crops"
+            )
+        if key_bn not in KEY_BN_MODES:
+            raise ValueError(f"MODEL.MLS.KEY_BN must be one of {KEY_BN_MODES}, got {key_bn!r}")
+        if top_k < 1 or top_k > dictionary_length:
+            raise ValueError(f"TOP_K {top_k} must be in 1..DICTIONARY_LENGTH {dictionary_length}")
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.layout = list(layout)
+        trunk_dim = backbone.output_shape()[in_feature].channels
+        self.head = ProjectionHead(trunk_dim, head_hidden_dim, head_out_dim, head_norm)
+        self.key_backbone = momentum_copy(self.backbone)
+        self.key_head = momentum_copy(self.head)
+        fields: Dict[str, Tuple[int, torch.dtype]] = {
+            "g": (trunk_dim, torch.float32),
+            "z": (head_out_dim, torch.float32),
+        }
+        if precision_classes > 0:
+            # category ids of each key's image: the precision scalar only, never the loss
+            fields["classes"] = (precision_classes, torch.uint8)
+        self.dictionary = AlignedDictionary(dictionary_length, fields)
+        self.momentum = momentum
+        self.temperature = temperature
+        self.top_k = top_k
+        self.ml_weight = ml_weight
+        self.symmetric = symmetric
+        self.key_bn = key_bn
+        self.precision_classes = precision_classes
+        self.photometric = photometric
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.size_groups = group_crops_by_size(self.layout)
+        self.skipped_images = 0
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self.key_backbone.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, cfg):
+        c, ci = cfg.MODEL.MLS, cfg.INPUT.SSPRL
+        if c.KEY_BN == "shuffle" and "Sync" in cfg.MODEL.RESNETS.NORM:
+            logger.warning(
+                "MODEL.MLS.KEY_BN 'shuffle' with a synchronised trunk norm: the shuffle changes "
+                "nothing (set MODEL.RESNETS.NORM BN for MoCo v2's shuffle-BN)"
+            )
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        return {
+            "backbone": backbone,
+            "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
+            "layout": build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, ci.GRIDS, ci.PATCH_CROP_SIZES),
+            "head_hidden_dim": c.HEAD_HIDDEN_DIM,
+            "head_out_dim": c.HEAD_OUT_DIM,
+            "head_norm": c.HEAD_NORM,
+            "momentum": c.MOMENTUM,
+            "temperature": c.TEMPERATURE,
+            "dictionary_length": c.DICTIONARY_LENGTH,
+            "top_k": c.TOP_K,
+            "ml_weight": c.ML_WEIGHT,
+            "symmetric": c.SYMMETRIC,
+            "key_bn": c.KEY_BN,
+            "precision_classes": c.PRECISION_CLASSES,
+            "photometric": build_photometric(cfg, "model"),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": cfg.MODEL.SSPRL.CHANNELS_LAST,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------ what the pre-training hooks ask for
+    def prototype_modules(self) -> List[nn.Module]:
+        """None: MLS has no prototypes."""
+        return []
+
+    def queue_modules(self) -> List[nn.Module]:
+        """None switched by an epoch: the dictionaries fill from the first step."""
+        return []
+
+    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Empty: the dictionaries are filled with every process's keys, equal on all ranks."""
+        return {}
+
+    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Accept only the empty state :meth:`rank_state_dict` writes."""
+        if state:
+            raise ValueError(f"MLS keeps no per-process state; got keys {sorted(state)}")
+
+    def reset_rank_state(self) -> None:
+        """Nothing to reset: the dictionaries hold every process's keys whatever the world."""
+
+    # ---------------------------------------------------------------- encoders
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * 255.0 - self.pixel_mean) / self.pixel_std
+
+    def _views(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
+        # two (B, 3, S, S) normalised views, augmented on the device as SS-PRL's crops
+        batch = len(batched_inputs)
+        views: List[Optional[torch.Tensor]] = [None, None]
+        groups = augmented_crop_groups(
+            batched_inputs, self.size_groups, self.photometric, self.device
+        )
+        for indices, crops in groups:
+            crops = self._normalize(crops)
+            for k, i in enumerate(indices):
+                views[i] = crops[k * batch : (k + 1) * batch]
+        return views  # type: ignore[return-value]
+
+    def _query(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        g = pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
+        return g, self.head(g)
+
+    @torch.no_grad()
+    def _keys(self, images: torch.Tensor, seed: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        # (normalised g, z) of the key encoder, shuffled across processes for shuffle-BN
+        if self.key_bn == "shuffle":
+            images, inverse = shuffle_across_processes(images, seed)
+        g = pooled_trunk_features(self.key_backbone, self.in_feature, images, self.channels_last)
+        z = self.key_head(g)
+        g = F.normalize(g.float(), dim=1)
+        if self.key_bn == "shuffle":
+            g, z = unshuffle_across_processes(g, inverse), unshuffle_across_processes(z, inverse)
+        return g, z
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        self.skipped_images += sum(int(x.get("skipped", 0)) for x in batched_inputs)
+        seed = batched_inputs[0].get("seed")
+        views = self._views(batched_inputs)
+        # MoCo: the key encoder moves before it encodes this step's keys
+        ema_update_(self.key_backbone, self.backbone, self.momentum)
+        ema_update_(self.key_head, self.head, self.momentum)
+        pairs = [(0, 1), (1, 0)] if self.symmetric else [(0, 1)]
+        keys = {v: self._keys(views[v], seed) for _, v in pairs}
+        # copies: the push below overwrites rows that backward still needs (as MoCo's clone)
+        dict_g, dict_z = self.dictionary.valid("g").clone(), self.dictionary.valid("z").clone()
+        classes = self._classes(batched_inputs)
+
+        infonce, ml = [], []
+        metrics: Dict[str, float] = {
+            "data/skipped_images": float(self.skipped_images),
+            "mls/dictionary_fill": self.dictionary.fill,
+        }
+        for q_view, k_view in pairs:
+            g_q, z_q = self._query(views[q_view])
+            infonce.append(info_nce(z_q, keys[k_view][1], dict_z, self.temperature))
+            if dict_z.shape[0] == 0:
+                ml.append(z_q.sum() * 0.0)  # nothing to label yet; keeps the graph whole
+                continue
+            labels = topk_pseudo_labels(F.normalize(g_q.detach().float(), dim=1), dict_g,
+                                        self.top_k)
+            ml.append(multilabel_bce(z_q, dict_z, labels, self.temperature))
+            if q_view == 0:
+                metrics.update(self._label_metrics(labels, classes))
+                with torch.no_grad():
+                    # collapse signals: both approach 1 when every projection points one way
+                    metrics["mls/positive_similarity"] = float(
+                        (z_q.float() * keys[k_view][1].float()).sum(1).mean()
+                    )
+                    metrics["mls/dictionary_similarity"] = float(
+                        (z_q.float() @ dict_z.float().t()).mean()
+                    )
+
+        # keys enter the dictionaries after the losses, gathered so every rank holds the same
+        new_g = torch.cat([keys[v][0] for _, v in pairs])
+        new_z = torch.cat([keys[v][1] for _, v in pairs])
+        rows = {"g": concat_all_gather(new_g), "z": concat_all_gather(new_z)}
+        if classes is not None:
+            rows["classes"] = concat_all_gather(torch.cat([classes] * len(pairs)))
+        self.dictionary.push(**rows)
+        put_scalars(**metrics)
+        return {
+            "loss_infonce": torch.stack(infonce).mean(),
+            "loss_ml": self.ml_weight * torch.stack(ml).mean(),
+        }
+
+    def _classes(self, batched_inputs: List[dict]) -> Optional[torch.Tensor]:
+        # multi-hot ground truth of this step's images, for the precision scalar only
+        if self.precision_classes <= 0:
+            return None
+        ids = [x.get("category_ids", ()) for x in batched_inputs]
+        return multi_hot(ids, self.precision_classes).to(self.device)
+
+    def _label_metrics(
+        self, labels: torch.Tensor, classes: Optional[torch.Tensor]
+    ) -> Dict[str, float]:
+        metrics = {"mls/pseudo_label_usage": pseudo_label_usage(labels)}
+        if classes is not None:
+            result = pseudo_label_precision(labels, classes, self.dictionary.valid("classes"))
+            if result is not None:
+                metrics["mls/pseudo_label_precision"] = result[0]
+                metrics["mls/pseudo_label_precision_chance"] = result[1]
+        return metrics
+
+    def inference(self, batched_inputs: List[dict]) -> List[dict]:
+        """Pooled query-trunk features of whole images (for feature extraction and probes).
+
+        Args:
+            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
+
+        Returns:
+            one dict per image with ``"features"`` (C,).
+        """
+        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device).float() / 255.0
+        images = self._normalize(images)
+        feats = pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
+        return [{"features": f} for f in feats]

@@ -1,0 +1,110 @@
+"""What every pre-training meta-architecture (SS-PRL, MLS) shares around its trunk.
+
+The data workers cut uint8 crops (one list per image, in view-layout order); here the crops of
+one size are batched, moved to the device and photometrically augmented there, seeded by
+:func:`~ssprl_d2.data.augmentation.group_seed`, unless the workers already did
+(``"photometric_done"``); the trunk's output is pooled; scalars go to the event storage.
+"""
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..data.augmentation import group_seed
+from ..data.views import CropSpec
+
+__all__ = [
+    "group_crops_by_size",
+    "augmented_crop_groups",
+    "pooled_trunk_features",
+    "put_scalars",
+]
+
+
+def group_crops_by_size(layout: Sequence[CropSpec]) -> "OrderedDict[int, List[int]]":
+    """Layout indices of the crops of each size, largest size first.
+
+    Crops of equal size share one trunk call even when they are not adjacent in the layout (the
+    3x3 patches and the small scale-0 crops are both 96 px at the paper's settings).
+
+    Args:
+        layout: the crop specs in canonical order.
+
+    Returns:
+        {size: [layout indices]}.
+    """
+    groups: Dict[int, List[int]] = {}
+    for i, spec in enumerate(layout):
+        groups.setdefault(spec.size, []).append(i)
+    return OrderedDict(sorted(groups.items(), key=lambda kv: -kv[0]))
+
+
+def augmented_crop_groups(
+    batched_inputs: List[dict],
+    size_groups: "OrderedDict[int, List[int]]",
+    photometric: Optional[nn.Module],
+    device: torch.device,
+) -> Iterator[Tuple[List[int], torch.Tensor]]:
+    """The crops of each size group, batched, on ``device``, photometrically augmented.
+
+    Args:
+        batched_inputs: B dicts with ``"crops"`` (uint8 CHW tensors in layout order), ``"seed"``
+            and optionally ``"photometric_done"``.
+        size_groups: from :func:`group_crops_by_size`.
+        photometric: batched photometric module, or None when the workers apply it.
+        device: the training device.
+
+    Yields:
+        (layout indices, crops) per group: crops is (len(indices) * B, 3, S, S) float in [0, 1],
+        crop-major (rows [k * B, (k + 1) * B) hold layout index ``indices[k]``).
+
+    Raises:
+        ValueError: the crops arrive unaugmented and ``photometric`` is None.
+    """
+    seed = batched_inputs[0].get("seed")
+    done = batched_inputs[0].get("photometric_done", False)
+    for group_id, (_, indices) in enumerate(size_groups.items()):
+        crops = torch.stack([x["crops"][i] for i in indices for x in batched_inputs])
+        crops = crops.to(device, non_blocking=True)
+        if done:
+            crops = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops
+        elif photometric is not None:
+            crops = photometric(crops, seed=group_seed(seed, group_id))
+        else:
+            raise ValueError(
+                "crops arrive without photometric augmentation and the model has none: "
+                "INPUT.SSPRL.PHOTOMETRIC_ON must match between the data loader and the model"
+            )
+        yield indices, crops
+
+
+def pooled_trunk_features(
+    backbone: nn.Module, in_feature: str, images: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
+    """Trunk features after global average pooling.
+
+    Args:
+        backbone: a Detectron2 backbone returning a dict of feature maps.
+        in_feature: the name of the map that is pooled ("res5").
+        images: (N, 3, H, W) normalised float images.
+        channels_last: feed the trunk in channels-last memory format.
+
+    Returns:
+        (N, C) features (2048 for ResNet-50).
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    feats = backbone(images)[in_feature]
+    return F.adaptive_avg_pool2d(feats, 1).flatten(1)
+
+
+def put_scalars(**scalars: float) -> None:
+    """Scalars to the trainer's event storage (TensorBoard, metrics.json); none outside one."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no storage outside a trainer (tests, benchmarks)
+        return
+    storage.put_scalars(**scalars, smoothing_hint=False)
