@@ -35,7 +35,8 @@ def small_data(tmp_path_factory):
     """24 synthetic training images, registered through DATASETS.SSPRL.REGISTER (no Python)."""
     root = str(tmp_path_factory.mktemp("data") / "synth")
     generate_synthetic_dataset(root, num_train=24, num_val=4, seed=1)
-    name = "test_small_synthetic"
+    # unique per fixture instance: other test modules reuse this fixture in the same process
+    name = f"test_small_synthetic_{os.path.basename(os.path.dirname(root))}"
     register = [
         "DATASETS.SSPRL.REGISTER",
         f"['{name}', '{root}/annotations/instances_train.json', '{root}/train']",
@@ -161,6 +162,10 @@ def _two_process_opts(name, register, out, max_iter, period):
     return tiny_opts(name, out, max_iter) + register + [
         "MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.SSPRL.HEAD_NORM", "naiveSyncBN",
         "SOLVER.CHECKPOINT_PERIOD", str(period),
+        # a constant learning rate: the last iterations of a short cosine barely move the weights,
+        # which would hide a wrong queue after the resume
+        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "0",
     ]
 
 
