@@ -163,6 +163,9 @@ def _add_solver_config(cfg: CN) -> None:
     _C.OPTIMIZER = "LARS"
     # LARS trust coefficient eta
     _C.LARS_TRUST = 0.001
+    # True: BN weights and all biases (1-d tensors) skip LARS adaptation and weight decay (SwAV,
+    # solo-learn); False: every parameter is adapted and decayed (the release)
+    _C.LARS_EXCLUDE_BN_BIAS = False
 
 
 def _add_multilabel_config(cfg: CN) -> None:

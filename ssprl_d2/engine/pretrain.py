@@ -18,7 +18,8 @@ def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum, wrapped in LARS (timm's, no trust clipping) unless configured off.
 
     As in the release every parameter, BN and bias included, gets weight decay and the layer-wise
-    trust ratio.
+    trust ratio, unless ``SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS`` moves the 1-d tensors (BN weights,
+    biases) to a group without either (SwAV's and solo-learn's ``exclude_bias_n_norm``).
 
     Args:
         cfg: config with ``SOLVER.SSPRL``.
@@ -27,9 +28,17 @@ def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     Returns:
         the optimiser; the learning rate schedule comes from Detectron2's ``build_lr_scheduler``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
     s = cfg.SOLVER
+    params = [p for p in model.parameters() if p.requires_grad]
     if s.SSPRL.OPTIMIZER == "LARS":
+        if s.SSPRL.LARS_EXCLUDE_BN_BIAS:
+            # SwAV / solo-learn: 1-d tensors (BN weights and biases, linear and conv biases) get
+            # plain SGD steps, without weight decay or trust ratio
+            params = [
+                {"params": [p for p in params if p.ndim > 1]},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0,
+                 "always_adapt": False},
+            ]
         return Lars(
             params,
             lr=s.BASE_LR,
