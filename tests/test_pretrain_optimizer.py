@@ -1,9 +1,9 @@
 """build_pretrain_optimizer: SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS (issue 13)."""
 import torch
 from torch import nn
+from util import tiny_cfg
 
 from ssprl_d2.engine import build_pretrain_optimizer
-from util import tiny_cfg
 
 
 def _net():
