@@ -174,3 +174,24 @@ def test_prototype_helpers():
     assert co.tolist() == [[0, 2], [1, 1]]
     cells = cut_grid(np.zeros((30, 40, 3), np.uint8), 3, 8)
     assert len(cells) == 9 and cells[0].shape == (8, 8, 3)
+
+
+def test_mls_report_shows_pseudo_positives_instead_of_prototypes(tiny_run):
+    from test_mls import mls_tiny_cfg
+
+    cfg, tmp = tiny_run
+    mls_cfg = mls_tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(mls_cfg)
+    run_dir = tmp / "mls_run"
+    run_dir.mkdir()
+    DetectionCheckpointer(model, save_dir=str(run_dir)).save("model_final", iteration=3)
+    mls_cfg.MODEL.WEIGHTS = str(run_dir / "model_final.pth")
+    mls_cfg.DATASETS.TRAIN, mls_cfg.DATASETS.TEST = cfg.DATASETS.TRAIN, cfg.DATASETS.TEST
+    out = str(tmp / "mls_report")
+    opts = AnalysisOptions(queries=2, neighbors=2, knn_k=3, progress=False)
+    refs = _check_report(write_report(mls_cfg, out, opts))
+    assert "pseudo_positives.png" in refs and "tsne_prototypes.png" not in refs
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert 0.0 <= summary["pseudo_positive_precision"] <= 100.0

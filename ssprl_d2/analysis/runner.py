@@ -4,13 +4,14 @@ Sections that do not apply to a model (no prototypes, no cross-scale learners, n
 dataset, no ``metrics.json``) are replaced by a note; what applies is found by asking the model
 what it has, not by comparing architecture names.
 """
+import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -333,10 +334,65 @@ class _Report:
                  f"{bank[2]} ({len(bank[0])})", f"{name} ({len(f)})"]]
 
     def other_methods(self) -> Section:
+        if hasattr(self.model, "key_backbone") and hasattr(self.model, "top_k"):
+            return self.pseudo_positives()
         sec = Section("Method-specific views")
         sec.note = (f"{type(self.model).__name__} has neither MLS pseudo-positive pairs nor "
                     "ViT matched patch pairs; those views appear for the methods that have them.")
         return sec
+
+    def pseudo_positives(self) -> Section:
+        """MLS: each query's top-k pseudo-positives, g1 . g_key over the analysed images."""
+        sec = Section("MLS pseudo-positive pairs (top-k of g1 . Q_g)")
+        t = time.perf_counter()
+        with _key_trunk(self.model):
+            keys = extract_features(self.model, self.dicts, self.cfg.INPUT.SSPRL.SIZE_CROPS[0],
+                                    batch_size=self.opts.batch_size, with_embeddings=False,
+                                    desc="key encoder" if self.opts.progress else None)
+        self.timings["key_extract_s"] = time.perf_counter() - t
+        f, g, thumbs = self.feats.features, keys.features, self.feats.thumbs
+        k = min(int(self.model.top_k), len(g) - 1, self.opts.neighbors)
+        nq = min(self.opts.queries, len(f))
+        queries = np.unique(np.linspace(0, len(f) - 1, nq).round().astype(int))
+        idx, _ = cosine_neighbors(f[queries], g, k + 1)
+        rows, caps, frames, shared = [], [], [], []
+        for q, ids in zip(queries, idx):
+            ids = [i for i in ids if i != q][:k]
+            rows.append([thumbs[q], None] + [thumbs[i] for i in ids])
+            if self.labels is not None:
+                hits = [F.shares_label(self.labels[q], self.labels[i]) for i in ids]
+                shared += hits
+                caps.append([F.label_text(self.labels[q], self.classes), ""]
+                            + [F.label_text(self.labels[i], self.classes) for i in ids])
+                frames.append([None, None] + [F.color_for_match(h) for h in hits])
+        fig = F.image_grid_figure(rows, [f"image {int(self.feats.dataset_index[q])}"
+                                         for q in queries],
+                                  f"query | its {k} pseudo-positives (key-encoder features)",
+                                  caps or None, frames or None, cell_inches=0.95)
+        sec.figures.append((_fig(self.out, "pseudo_positives.png", fig),
+                            "first column: query (query trunk); then the images whose key-encoder "
+                            "features are most similar, i.e. the entries its pseudo-label marks 1"
+                            + (" (green: shares a label, red: none)" if shared else "")))
+        sec.text.append("MLS's pseudo-labels mark the top-k dictionary entries by g1 . Q_g; here "
+                        "the dictionary is replaced by the analysed images' key-encoder features, "
+                        "so each row shows which images the query would be pulled towards.")
+        if shared:
+            precision = 100.0 * float(np.mean(shared))
+            self.summary["pseudo_positive_precision"] = precision
+            sec.table = [["pseudo-positives sharing a label with the query (%)", "k", "queries"],
+                         [f"{precision:.1f}", str(k), str(len(queries))]]
+        return sec
+
+
+@contextlib.contextmanager
+def _key_trunk(model: torch.nn.Module) -> Iterator[None]:
+    """Run the model's inference path through its momentum (key) trunk inside the block."""
+    query = model.backbone
+    model.backbone = model.key_backbone
+    try:
+        yield
+    finally:
+        model.backbone = query
 
 
 def write_report(cfg, output_dir: str, options: Optional[AnalysisOptions] = None,
