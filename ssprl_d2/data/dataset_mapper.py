@@ -121,27 +121,6 @@ def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
-def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the short side is ``size``, keeping the aspect ratio (torchvision's Resize)."""
-    h, w = image.shape[:2]
-    if min(h, w) == size:
-        return image
-    if h <= w:
-        new_h, new_w = size, int(size * w / h)
-    else:
-        new_h, new_w = int(size * h / w), size
-    # INTER_AREA approximates PIL's antialiased bilinear when shrinking
-    interp = cv2.INTER_AREA if (new_h < h and new_w < w) else cv2.INTER_LINEAR
-    return cv2.resize(image, (new_w, new_h), interpolation=interp)
-
-
-def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Central ``size`` x ``size`` crop (torchvision's CenterCrop offsets)."""
-    h, w = image.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return image[top : top + size, left : left + size]
-
 class MultiLabelDatasetMapper:
     """Dataset dict -> ``{"image", "labels", "image_id", "file_name"}`` for the classifier.
 
