@@ -17,6 +17,7 @@ from ..data.augmentation import group_seed
 from ..data.views import CropSpec
 
 __all__ = [
+    "inference_features",
     "group_crops_by_size",
     "augmented_crop_groups",
     "pooled_trunk_features",
@@ -99,6 +100,30 @@ def pooled_trunk_features(
         images = images.contiguous(memory_format=torch.channels_last)
     feats = backbone(images)[in_feature]
     return F.adaptive_avg_pool2d(feats, 1).flatten(1)
+
+
+def inference_features(
+    backbone: nn.Module,
+    in_feature: str,
+    batched_inputs: List[dict],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    channels_last: bool = False,
+) -> List[dict]:
+    """The pre-trainers' inference: pooled trunk features of whole images.
+
+    Args:
+        backbone, in_feature, channels_last: as :func:`pooled_trunk_features`.
+        batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
+        pixel_mean, pixel_std: (3, 1, 1) normalisation on the 0-255 scale, on the model's device.
+
+    Returns:
+        one dict per image with ``"features"`` (C,).
+    """
+    images = torch.stack([x["image"] for x in batched_inputs]).to(pixel_mean.device).float()
+    images = (images - pixel_mean) / pixel_std
+    feats = pooled_trunk_features(backbone, in_feature, images, channels_last)
+    return [{"features": f} for f in feats]
 
 
 def put_scalars(**scalars: float) -> None:

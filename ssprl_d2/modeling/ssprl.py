@@ -24,6 +24,7 @@ from .loss import (
 from .pretrainer import (
     augmented_crop_groups,
     group_crops_by_size,
+    inference_features,
     pooled_trunk_features,
     put_scalars,
 )
@@ -376,6 +377,11 @@ class SSPRL(nn.Module):
         Returns:
             one dict per image with ``"features"`` (C,).
         """
-        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device).float() / 255.0
-        feats = self.pooled_features(self._normalize(images))
-        return [{"features": f} for f in feats]
+        return inference_features(
+            self.backbone,
+            self.in_feature,
+            batched_inputs,
+            self.pixel_mean,
+            self.pixel_std,
+            self.channels_last,
+        )
