@@ -11,7 +11,7 @@ __all__ = ["add_ssprl_config"]
 
 def add_ssprl_config(cfg: CN) -> None:
     """Add the ``MODEL.SSPRL``, ``MODEL.MLS``, ``INPUT.SSPRL``, ``DATASETS.SSPRL``, ``SOLVER.SSPRL``
-    (and the multi-label protocols') nodes.
+    (and the multi-label protocols' and ``TEST.KNN_PROBE``) nodes.
 
     Args:
         cfg: a Detectron2 config (usually ``get_cfg()``); modified in place.
@@ -23,6 +23,7 @@ def add_ssprl_config(cfg: CN) -> None:
     _add_solver_config(cfg)
     _add_multilabel_config(cfg)
     _add_throughput_config(cfg)
+    _add_probe_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -166,6 +167,20 @@ def _add_solver_config(cfg: CN) -> None:
     # True: BN weights and all biases (1-d tensors) skip LARS adaptation and weight decay (SwAV,
     # solo-learn); False: every parameter is adapted and decayed (the release)
     _C.LARS_EXCLUDE_BN_BIAS = False
+
+
+def _add_probe_config(cfg: CN) -> None:
+    cfg.TEST.KNN_PROBE = CN()
+    _C = cfg.TEST.KNN_PROBE
+    # pre-training: run the kNN multi-label probe on the live trunk every this many iterations
+    # (and at the last one); 0 turns it off (the default: unlabeled data has nothing to probe)
+    _C.PERIOD = 0
+    # labelled dataset searched for neighbours ("": DATASETS.TRAIN[0])
+    _C.TRAIN_DATASET = ""
+    # labelled dataset that is scored ("": DATASETS.TEST[0], else ssprl_synthetic_val)
+    _C.TEST_DATASET = ""
+    # neighbours per test image
+    _C.K = 20
 
 
 def _add_multilabel_config(cfg: CN) -> None:

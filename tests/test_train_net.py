@@ -228,3 +228,40 @@ def test_two_processes_resumed_equal_uninterrupted_and_other_world_sizes_refill(
     ckpt = torch.load(os.path.join(full, f"model_{stop:07d}.pth"), weights_only=False)
     proc = resume_from(str(tmp_path / "single"), ckpt, 1)
     assert "per-process state of 2 processes, this run has 1" in proc.stdout
+
+
+def test_knn_probe_hook_logs_the_live_trunk_without_changing_the_run(small_data, tmp_path):
+    """TEST.KNN_PROBE puts the kNN mAP into metrics.json; the training stream stays the same."""
+    from ssprl_d2.evaluation.probe import KNNProbe, build_probe_model
+
+    train_net = _load_train_net()
+    name, register = small_data
+    max_iter = 4
+    losses = {}
+    for probed in (False, True):
+        out = str(tmp_path / f"probe_{probed}")
+        opts = tiny_opts(name, out, max_iter) + register
+        if probed:
+            opts += [
+                "TEST.KNN_PROBE.PERIOD", "2", "TEST.KNN_PROBE.K", "3",
+                "TEST.KNN_PROBE.TRAIN_DATASET", name, "TEST.KNN_PROBE.TEST_DATASET", name,
+            ]
+        record = {}
+        trainer = _trainer(train_net, opts)
+        trainer.register_hooks([_RecordLoss(record)])
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        losses[probed] = record
+    # the probe forks the random number generators: same data, augmentation and losses
+    assert losses[True] == losses[False]
+
+    history = trainer.storage.history("probe/knn_map").values()
+    assert [it for _, it in history] == [1, 3]
+    assert all(0.0 <= v <= 100.0 for v, _ in history)
+    rows = [r for r in _metrics(out) if "probe/knn_map" in r]
+    assert rows and 0.0 < rows[-1]["probe/chance"] <= 100.0
+    assert "probe/knn_map_random" in rows[-1]
+    # the last value is the probe of the saved final trunk, not of a copy that missed weights
+    probe = KNNProbe(trainer.cfg, name, name, k=3)
+    final = probe.map_of(build_probe_model(probe.cfg, os.path.join(out, "model_final.pth")))
+    assert abs(final - rows[-1]["probe/knn_map"]) < 1e-6

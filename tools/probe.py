@@ -26,7 +26,7 @@ from detectron2.config import get_cfg
 import ssprl_d2  # noqa: F401  (registers the datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
 from ssprl_d2.engine import WeightsMismatchError
-from ssprl_d2.evaluation.probe import knn_probe
+from ssprl_d2.evaluation.probe import knn_probe, probe_datasets
 
 
 def main(argv=None) -> int:
@@ -47,10 +47,7 @@ def main(argv=None) -> int:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     register_from_cfg(cfg)
-    train = args.train_dataset or cfg.DATASETS.TRAIN[0]
-    test = args.test_dataset or (
-        cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "ssprl_synthetic_val"
-    )
+    train, test = probe_datasets(cfg, args.train_dataset or "", args.test_dataset or "")
     try:
         result = knn_probe(cfg, args.weights, train, test, args.k, not args.plain_vote, args.seed)
     except WeightsMismatchError as e:

@@ -55,6 +55,7 @@ from ssprl_d2.evaluation import (
     build_detection_evaluator,
     build_sem_seg_evaluator,
 )
+from ssprl_d2.evaluation.probe_hook import build_probe_hook
 from ssprl_d2.modeling import get_task
 
 # what differs per task (ssprl_d2.modeling.task); a task without an entry uses Detectron2's default
@@ -130,8 +131,9 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if get_task(self.cfg) == "pretrain":
             size = self._trainer.data_loader.dataset_size
+            probe = build_probe_hook(self.cfg)
             # after IterationTimer and LRScheduler, before checkpointing and writing
-            hooks[2:2] = build_pretrain_hooks(self.cfg, size)
+            hooks[2:2] = build_pretrain_hooks(self.cfg, size) + ([probe] if probe else [])
         return hooks
 
     def resume_or_load(self, resume=True):

@@ -28,6 +28,8 @@ __all__ = [
     "build_probe_model",
     "extract_features",
     "KNNProbeResult",
+    "KNNProbe",
+    "probe_datasets",
     "knn_probe",
 ]
 
@@ -209,6 +211,72 @@ class KNNProbeResult:
         )
 
 
+def probe_datasets(cfg, train: str = "", test: str = "") -> Tuple[str, str]:
+    """The probe's (train, test) datasets: the given names, else the config's first ones.
+
+    Args:
+        cfg: any config of the project.
+        train, test: registered dataset names, or "" for the defaults: DATASETS.TRAIN[0], and
+            DATASETS.TEST[0] (``ssprl_synthetic_val`` when the config has no test set).
+
+    Returns:
+        (train dataset, test dataset).
+    """
+    train = train or cfg.DATASETS.TRAIN[0]
+    test = test or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "ssprl_synthetic_val")
+    return train, test
+
+
+class KNNProbe:
+    """The kNN probe's fixed parts (config, feature loaders, class names), reusable across trunks.
+
+    Built once (e.g. by a training hook), then :meth:`map_of` scores any classifier built by
+    :func:`build_probe_model`, or :meth:`map_of_trunk` the trunk of a live pre-training model.
+    """
+
+    def __init__(self, cfg, train_dataset: str, test_dataset: str, k: int = 20,
+                 weighted: bool = True):
+        """
+        Args:
+            cfg: pre-training or multi-label config (trunk architecture, test crop sizes).
+            train_dataset, test_dataset: registered datasets with labels (e.g. COCO format).
+            k, weighted: kNN settings (:func:`knn_scores`).
+        """
+        self.cfg = probe_cfg(cfg, train_dataset)
+        self.train_dataset, self.test_dataset = train_dataset, test_dataset
+        self.k, self.weighted = k, weighted
+        self.loaders = {
+            name: build_multilabel_test_loader(self.cfg, name)
+            for name in (train_dataset, test_dataset)
+        }
+        self.classes = MetadataCatalog.get(test_dataset).get("thing_classes")
+        self.test_labels: Optional[torch.Tensor] = None
+
+    def map_of(self, model: torch.nn.Module) -> float:
+        """kNN mAP (percent) of a ``MultiLabelClassifier``'s pooled trunk features."""
+        train_x, train_y = extract_features(model, self.loaders[self.train_dataset])
+        test_x, self.test_labels = extract_features(model, self.loaders[self.test_dataset])
+        return knn_map(
+            train_x, train_y, test_x, self.test_labels, self.k, self.weighted, self.classes
+        )
+
+    def map_of_trunk(self, backbone: torch.nn.Module) -> float:
+        """kNN mAP of a copy of ``backbone`` (a live trunk; left untouched, training mode kept)."""
+        model = build_probe_model(self.cfg, None)
+        model.backbone.load_state_dict(backbone.state_dict())
+        return self.map_of(model.to(next(backbone.parameters()).device).eval())
+
+    def random_map(self, seed: int = 0) -> float:
+        """kNN mAP of a random trunk of the same architecture, initialised with ``seed``."""
+        return self.map_of(build_probe_model(self.cfg, None, seed))
+
+    def chance(self) -> float:
+        """Chance mAP of the test set (after a first probe has read its labels)."""
+        if self.test_labels is None:
+            raise RuntimeError("probe a trunk first: the test labels are read with its features")
+        return chance_map(self.test_labels)
+
+
 def knn_probe(
     cfg,
     weights: Optional[str],
@@ -230,17 +298,7 @@ def knn_probe(
     Returns:
         the three mAPs.
     """
-    pcfg = probe_cfg(cfg, train_dataset)
-    loaders = {
-        name: build_multilabel_test_loader(pcfg, name) for name in (train_dataset, test_dataset)
-    }
-
-    def probe(model: torch.nn.Module) -> Tuple[float, torch.Tensor]:
-        train_x, train_y = extract_features(model, loaders[train_dataset])
-        test_x, test_y = extract_features(model, loaders[test_dataset])
-        classes = MetadataCatalog.get(test_dataset).get("thing_classes")
-        return knn_map(train_x, train_y, test_x, test_y, k, weighted, classes), test_y
-
-    random_map, test_labels = probe(build_probe_model(pcfg, None, random_seed))
-    trained_map = probe(build_probe_model(pcfg, weights))[0] if weights else random_map
-    return KNNProbeResult(k, trained_map, random_map, chance_map(test_labels))
+    probe = KNNProbe(cfg, train_dataset, test_dataset, k, weighted)
+    random_map = probe.random_map(random_seed)
+    trained_map = probe.map_of(build_probe_model(probe.cfg, weights)) if weights else random_map
+    return KNNProbeResult(k, trained_map, random_map, probe.chance())

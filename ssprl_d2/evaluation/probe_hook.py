@@ -1,0 +1,79 @@
+"""The kNN probe of the live trunk during pre-training, as a Detectron2 hook (TensorBoard curve)."""
+import logging
+from typing import Optional
+
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..engine.hooks import unwrap_model
+from .probe import KNNProbe, probe_datasets
+
+__all__ = ["KNNProbeHook", "build_probe_hook"]
+
+logger = logging.getLogger(__name__)
+
+
+class KNNProbeHook(HookBase):
+    """Every ``period`` iterations and at the last, the kNN mAP of the trunk being trained.
+
+    Puts ``probe/knn_map`` (and, once, ``probe/knn_map_random`` and ``probe/chance``) into the
+    event storage, so TensorBoard and metrics.json show whether the trunk learns while it trains.
+    Runs on the main process only; the random number generators are restored afterwards, so a
+    run with the probe follows the same data and augmentation stream as one without.
+    """
+
+    def __init__(self, probe_factory, period: int, max_iter: int):
+        """
+        Args:
+            probe_factory: () -> :class:`~ssprl_d2.evaluation.probe.KNNProbe` (built at the start
+                of training, where the datasets are known to be registered).
+            period: probe every this many iterations (> 0).
+            max_iter: the run's last iteration is always probed.
+        """
+        if period <= 0:
+            raise ValueError(f"TEST.KNN_PROBE.PERIOD must be > 0 for the hook, got {period}")
+        self._factory = probe_factory
+        self._period = period
+        self._max_iter = max_iter
+        self._probe: Optional[KNNProbe] = None
+        self._baseline: Optional[dict] = None
+
+    @staticmethod
+    def _run(fn):
+        devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return fn()
+
+    def before_train(self):
+        if not comm.is_main_process():
+            return
+        self._probe = self._factory()
+        random_map = self._run(self._probe.random_map)
+        self._baseline = {"probe/knn_map_random": random_map, "probe/chance": self._probe.chance()}
+        logger.info(
+            f"kNN probe every {self._period} iterations; random trunk {random_map:.1f}, "
+            f"chance {self._baseline['probe/chance']:.1f}"
+        )
+
+    def after_step(self):
+        iteration = self.trainer.iter + 1
+        if iteration % self._period and iteration != self._max_iter:
+            return
+        if comm.is_main_process() and self._probe is not None:
+            trunk = unwrap_model(self.trainer.model).backbone
+            value = self._run(lambda: self._probe.map_of_trunk(trunk))
+            self.trainer.storage.put_scalars(
+                **{"probe/knn_map": value, **self._baseline}, smoothing_hint=False
+            )
+            logger.info(f"kNN probe at iteration {iteration}: {value:.1f}")
+        comm.synchronize()
+
+
+def build_probe_hook(cfg) -> Optional[KNNProbeHook]:
+    """The probe hook that ``TEST.KNN_PROBE`` asks for, or None when PERIOD is 0."""
+    c = cfg.TEST.KNN_PROBE
+    if c.PERIOD <= 0:
+        return None
+    train, test = probe_datasets(cfg, c.TRAIN_DATASET, c.TEST_DATASET)
+    return KNNProbeHook(lambda: KNNProbe(cfg, train, test, c.K), c.PERIOD, cfg.SOLVER.MAX_ITER)
