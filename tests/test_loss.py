@@ -125,3 +125,20 @@ def test_unknown_reduction_or_targets_are_errors_naming_the_value():
         swapped_prediction_loss(q, s, [0, 1], 0.1, "median")
     with pytest.raises(ValueError, match="'all'"):
         cross_scale_loss(q, s, 0.1, "all")
+
+
+def test_swap_accuracy_counts_arg_max_agreements_over_every_trained_pair():
+    from ssprl_d2.modeling.loss import swap_accuracy
+
+    # 3 views of 2 images, K = 3; codes of views 0 and 1 are the targets
+    codes = [torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]]),
+             torch.tensor([[0.1, 0.8, 0.1], [0.0, 0.1, 0.9]])]
+    scores = [
+        torch.tensor([[0.1, 0.5, 0.2], [0.0, 0.1, 0.7]]),  # predicts 1, 2
+        torch.tensor([[0.9, 0.0, 0.1], [0.3, 0.2, 0.1]]),  # predicts 0, 0
+        torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.0, 0.4]]),  # predicts 0, 2
+    ]
+    # targets of view 0: (0, 2) -> view 1 hits 1 of 2, view 2 hits 2 of 2
+    # targets of view 1: (1, 2) -> view 0 hits 2 of 2, view 2 hits 1 of 2
+    assert swap_accuracy(codes, scores, [0, 1]) == pytest.approx(6 / 8)
+    assert swap_accuracy(codes[:1], scores, [0]) == pytest.approx(3 / 4)

@@ -17,6 +17,7 @@ __all__ = [
     "pool_patch_predictions",
     "code_usage",
     "prediction_entropy",
+    "swap_accuracy",
 ]
 
 
@@ -175,3 +176,31 @@ def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
     log_p = F.log_softmax(scores.float() / temperature, dim=1)
     entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
     return float(entropy) / math.log(scores.shape[1])
+
+
+@torch.no_grad()
+def swap_accuracy(
+    codes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], crops_for_assign: Sequence[int]
+) -> float:
+    """How often a view's arg-max prediction is the arg-max code of an assigned view.
+
+    The swapped prediction's own accuracy, over every (target, other view) pair that
+    :func:`swapped_prediction_loss` trains: 1 / K at chance, rising when the views of an image
+    agree, i.e. when the task becomes predictable (the learning signal the entropy alone hides).
+
+    Args:
+        codes: codes[j] (N, K) of view crops_for_assign[j].
+        scores: scores[v] (N, K) of every view v.
+        crops_for_assign: the indices into ``scores`` whose codes are targets.
+
+    Returns:
+        a float in [0, 1].
+    """
+    hits, total = 0.0, 0
+    for q, i in zip(codes, crops_for_assign):
+        target = q.argmax(dim=1)
+        for v in range(len(scores)):
+            if v != i:
+                hits += float((scores[v].argmax(dim=1) == target).sum())
+                total += target.numel()
+    return hits / max(total, 1)

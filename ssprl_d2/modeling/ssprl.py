@@ -19,6 +19,7 @@ from .loss import (
     cross_scale_loss,
     pool_patch_predictions,
     prediction_entropy,
+    swap_accuracy,
     swapped_prediction_loss,
 )
 from .pretrainer import (
@@ -365,6 +366,7 @@ class SSPRL(nn.Module):
                 )
             metrics[f"ssprl/code_usage_s{s}"] = code_usage(torch.cat(codes))
             metrics[f"ssprl/pred_entropy_s{s}"] = prediction_entropy(scores, self.temperature)
+            metrics[f"ssprl/swap_accuracy_s{s}"] = swap_accuracy(codes, score_views, targets)
         put_scalars(**metrics)
         return losses
 
