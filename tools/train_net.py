@@ -207,6 +207,8 @@ def setup(args):
         )
     cfg.freeze()
     default_setup(cfg, args)
+    # the package's own messages (queue switch, probe, skipped images) next to Detectron2's
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ssprl_d2")
     return cfg
 
 
