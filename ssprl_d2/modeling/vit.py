@@ -5,6 +5,7 @@ loads into the ViTDet backbone tensor for tensor. The ViTDet builder is register
 Detectron2's ``BACKBONE_REGISTRY`` (``MODEL.BACKBONE.NAME: "build_vitdet_backbone"``): upstream
 configures ViTDet with LazyConfig only, this makes it reachable from YAML.
 """
+import math
 from functools import partial
 
 import timm
@@ -80,7 +81,8 @@ def build_vitdet_backbone(cfg, input_shape: ShapeSpec) -> SimpleFeaturePyramid:
         input_shape: image channels.
 
     Returns:
-        the backbone, whose output features are p2 .. p6.
+        the backbone; its output features are p2 .. p6 for ViTDet's patch 16 and scale factors
+        (4, 2, 1, 0.5), one level per factor plus a max-pooled one in general.
     """
     c = cfg.MODEL.VIT
     net = ViT(
@@ -97,12 +99,17 @@ def build_vitdet_backbone(cfg, input_shape: ShapeSpec) -> SimpleFeaturePyramid:
         out_feature="last_feat",
         **vit_sizes(cfg),
     )
+    # the extra max-pooled level comes from the pyramid's coarsest level (p5 at patch 16 with
+    # ViTDet's scale factors; p4 for a patch-8 CPU trunk with factors 2, 1, 0.5)
+    top_block = LastLevelMaxPool()
+    coarsest = c.PATCH_SIZE / min(c.SCALE_FACTORS)
+    top_block.in_feature = f"p{int(math.log2(coarsest))}"
     return SimpleFeaturePyramid(
         net=net,
         in_feature="last_feat",
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         scale_factors=tuple(c.SCALE_FACTORS),
-        top_block=LastLevelMaxPool(),
+        top_block=top_block,
         norm="LN",
         square_pad=c.IMG_SIZE,
     )
