@@ -287,20 +287,20 @@ class LocalGlobal(nn.Module):
         patches = t_probs[:, :, 1:].flatten(0, 2)
         # collapse signals: per-sample entropy -> 0 when sharpening wins, batch-mean entropy
         # -> 0 when every image gets the same output (both near ln K: uniform collapse)
-        put_scalars(
-            **{
-                "localglobal/cls_loss": float(cls_loss),
-                "localglobal/teacher_entropy": float(entropy(cls).mean()),
-                "localglobal/teacher_patch_entropy": float(entropy(patches).mean()),
-                "localglobal/teacher_batch_entropy": float(entropy(cls.mean(0))),
-                "localglobal/matched_pairs": float(sum(matched)) / max(len(matched), 1),
-                "localglobal/no_overlap_fraction": (
-                    sum(1 for m in matched if m == 0) / max(len(matched), 1)
-                ),
-                "localglobal/teacher_temp": float(self.teacher_temp),
-                "localglobal/momentum": float(self.momentum),
-            }
-        )
+        metrics = {
+            "localglobal/cls_loss": float(cls_loss),
+            "localglobal/teacher_entropy": float(entropy(cls).mean()),
+            "localglobal/teacher_patch_entropy": float(entropy(patches).mean()),
+            "localglobal/teacher_batch_entropy": float(entropy(cls.mean(0))),
+            "localglobal/teacher_temp": float(self.teacher_temp),
+            "localglobal/momentum": float(self.momentum),
+        }
+        if self.patch_loss:  # the CLS-only ablation matches nothing
+            metrics["localglobal/matched_pairs"] = float(sum(matched)) / max(len(matched), 1)
+            metrics["localglobal/no_overlap_fraction"] = (
+                sum(1 for m in matched if m == 0) / max(len(matched), 1)
+            )
+        put_scalars(**metrics)
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[dict]) -> List[dict]:
