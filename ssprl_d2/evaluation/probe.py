@@ -29,6 +29,7 @@ __all__ = [
     "extract_features",
     "KNNProbeResult",
     "knn_probe",
+    "knn_probe_pretrainer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -243,4 +244,67 @@ def knn_probe(
 
     random_map, test_labels = probe(build_probe_model(pcfg, None, random_seed))
     trained_map = probe(build_probe_model(pcfg, weights))[0] if weights else random_map
+    return KNNProbeResult(k, trained_map, random_map, chance_map(test_labels))
+
+
+def knn_probe_pretrainer(
+    cfg,
+    weights: Optional[str],
+    train_dataset: str,
+    test_dataset: str,
+    k: int = 20,
+    weighted: bool = True,
+    random_seed: int = 0,
+) -> KNNProbeResult:
+    """kNN probe of a pre-trainer's own inference features, next to it at random initialisation.
+
+    For trunks the ResNet classifier of :func:`knn_probe` cannot hold (local-global's ViT: its
+    inference gives the CLS token). The test transform is ``INPUT.MULTILABEL`` (set CROP_SIZE to
+    the pre-training global crop).
+
+    Args:
+        cfg: the pre-training config (``MODEL.META_ARCHITECTURE`` with an inference returning
+            ``"features"``).
+        weights: its training checkpoint; None probes only the random model (twice).
+        train_dataset, test_dataset, k, weighted, random_seed: as :func:`knn_probe`.
+
+    Returns:
+        the three mAPs.
+
+    Raises:
+        WeightsMismatchError: a ``backbone.*`` tensor is missing from ``weights``.
+    """
+    pcfg = copy.deepcopy(cfg)
+    pcfg.defrost()
+    # the number of labels (the loaders' multi-hot width) from the dataset's thing_classes
+    pcfg.MODEL.MULTILABEL.NUM_CLASSES = probe_cfg(cfg, train_dataset).MODEL.MULTILABEL.NUM_CLASSES
+    pcfg.MODEL.WEIGHTS = ""
+    loaders = {
+        name: build_multilabel_test_loader(pcfg, name) for name in (train_dataset, test_dataset)
+    }
+
+    @torch.no_grad()
+    def features(model: torch.nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = [], []
+        for batch in loaders[name]:
+            feats.append(torch.stack([o["features"] for o in model(batch)]).float().cpu())
+            labels.append(torch.stack([torch.as_tensor(x["labels"]) for x in batch]).float())
+        return torch.cat(feats), torch.cat(labels)
+
+    def probe(path: Optional[str]) -> Tuple[float, torch.Tensor]:
+        torch.manual_seed(random_seed)
+        model = build_model(pcfg)
+        if path:
+            checkpointer = AtomicDetectionCheckpointer(model)
+            checkpointer.load(path)
+            verify_loaded_weights(checkpointer.incompatible, model.state_dict().keys(), path,
+                                  "backbone.", cfg.MODEL.RESNETS.DEPTH)
+        model.eval()
+        train_x, train_y = features(model, train_dataset)
+        test_x, test_y = features(model, test_dataset)
+        classes = MetadataCatalog.get(test_dataset).get("thing_classes")
+        return knn_map(train_x, train_y, test_x, test_y, k, weighted, classes), test_y
+
+    random_map, test_labels = probe(None)
+    trained_map = probe(weights)[0] if weights else random_map
     return KNNProbeResult(k, trained_map, random_map, chance_map(test_labels))
