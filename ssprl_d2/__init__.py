@@ -1,7 +1,9 @@
-"""ssprl_d2: self-supervised pre-training on scene images (SS-PRL, MLS) as a Detectron2 extension.
+"""ssprl_d2: self-supervised pre-training on scene images (SS-PRL, MLS, local-global ViT) as a
+Detectron2 extension.
 
-``import ssprl_d2`` registers the meta-architectures (``SSPRL``, ``MLS``,
-``MultiLabelClassifier``) and the project's datasets in Detectron2's own registries.
+``import ssprl_d2`` registers the meta-architectures (``SSPRL``, ``MLS``, ``LocalGlobal``,
+``MultiLabelClassifier``), the ViTDet backbone builder (``build_vitdet_backbone``) and the
+project's datasets in Detectron2's own registries.
 
 Layout: ``config.py`` (every config key), ``modeling/`` (one file per meta-architecture and the
 parts they share), ``data/`` (registrations, mappers, loaders, views, augmentation), ``engine/``
@@ -21,7 +23,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .config import add_ssprl_config
 from .data.builtin import register_builtin_datasets, register_from_cfg
-from .modeling import MLS, SSPRL, MultiLabelClassifier, get_task
+from .modeling import MLS, SSPRL, LocalGlobal, MultiLabelClassifier, get_task
 
 register_builtin_datasets()
 
@@ -29,6 +31,7 @@ __all__ = [
     "add_ssprl_config",
     "get_task",
     "register_from_cfg",
+    "LocalGlobal",
     "MLS",
     "MultiLabelClassifier",
     "SSPRL",

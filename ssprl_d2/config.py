@@ -10,14 +10,17 @@ __all__ = ["add_ssprl_config"]
 
 
 def add_ssprl_config(cfg: CN) -> None:
-    """Add the ``MODEL.SSPRL``, ``MODEL.MLS``, ``INPUT.SSPRL``, ``DATASETS.SSPRL``, ``SOLVER.SSPRL``
-    (and the multi-label protocols' and ``TEST.KNN_PROBE``) nodes.
+    """Add the ``MODEL.SSPRL``, ``MODEL.MLS``, ``MODEL.LOCALGLOBAL``, ``MODEL.VIT``,
+    ``INPUT.SSPRL``, ``DATASETS.SSPRL``, ``SOLVER.SSPRL`` (and the multi-label protocols' and
+    ``TEST.KNN_PROBE``) nodes.
 
     Args:
         cfg: a Detectron2 config (usually ``get_cfg()``); modified in place.
     """
     _add_model_config(cfg)
     _add_mls_config(cfg)
+    _add_localglobal_config(cfg)
+    _add_vit_config(cfg)
     _add_input_config(cfg)
     _add_dataset_config(cfg)
     _add_solver_config(cfg)
@@ -113,6 +116,77 @@ def _add_mls_config(cfg: CN) -> None:
     _C.PRECISION_CLASSES = 0
 
 
+def _add_localglobal_config(cfg: CN) -> None:
+    # Local-global patch matching on a ViT (METHODS.md section 5): DINO self-distillation on the
+    # CLS token and on geometrically matched patch tokens. The trunk's sizes are MODEL.VIT; the
+    # views are INPUT.SSPRL's scale-0 crops (the first NMB_CROPS[0] are the global, teacher views)
+    cfg.MODEL.LOCALGLOBAL = CN()
+    _C = cfg.MODEL.LOCALGLOBAL
+    # K, output width of the DINO head (DINO: 65536 on the CLS token only; patch tokens multiply
+    # the head's activations by ~200, so iBOT's 8192 is the default here)
+    _C.HEAD_OUT_DIM = 8192
+    # hidden width of the head's 3-layer MLP (DINO: 2048)
+    _C.HEAD_HIDDEN_DIM = 2048
+    # L2-normalised bottleneck width before the weight-normalised last layer (DINO: 256)
+    _C.HEAD_BOTTLENECK_DIM = 256
+    # fix the last layer's weight-norm gain to 1 (DINO's norm_last_layer, stabler for ViT-S)
+    _C.NORM_LAST_LAYER = True
+    # tau_s, student softmax temperature
+    _C.STUDENT_TEMP = 0.1
+    # tau_t, teacher softmax temperature after the warm-up (the method's paper: 0.04)
+    _C.TEACHER_TEMP = 0.04
+    # tau_t at iteration 0, raised linearly to TEACHER_TEMP (DINO's warm-up; DINO's ViT-S/16
+    # recipe is 0.04 -> 0.07 over 30 epochs)
+    _C.WARMUP_TEACHER_TEMP = 0.04
+    # epochs of the teacher-temperature warm-up (0: TEACHER_TEMP from the start)
+    _C.WARMUP_TEACHER_TEMP_EPOCHS = 0
+    # m_c, momentum of the per-position teacher centre c <- m_c c + (1 - m_c) batch mean
+    _C.CENTER_MOMENTUM = 0.9
+    # lambda at iteration 0 of the teacher EMA theta_t <- lambda theta_t + (1 - lambda) theta_s
+    _C.MOMENTUM = 0.996
+    # lambda at the last iteration (cosine schedule from MOMENTUM, DINO)
+    _C.MOMENTUM_END = 1.0
+    # epochs during which the head's last layer gets no update (DINO: 1)
+    _C.FREEZE_LAST_LAYER_EPOCHS = 1
+    # True: CLS and matched patch terms (the method); False: CLS only (DINO, the ablation)
+    _C.PATCH_LOSS = True
+    # how a view pair's terms combine: "tokens" (CLS and each matched patch pair weigh the
+    # same) or "terms" (CLS term and mean patch term half each); see dino_loss.py
+    _C.LOSS_AVERAGE = "tokens"
+
+
+def _add_vit_config(cfg: CN) -> None:
+    # ViT trunk sizes, read by the local-global pre-trainer (timm ViT) and by the ViTDet backbone
+    # builder (Detectron2's ViT + SimpleFeaturePyramid), so both build the same trunk
+    cfg.MODEL.VIT = CN()
+    _C = cfg.MODEL.VIT
+    # patch side in pixels (ViT-S/16: 16)
+    _C.PATCH_SIZE = 16
+    # token width (ViT-tiny 192, ViT-S 384, ViT-B 768)
+    _C.EMBED_DIM = 384
+    # number of transformer blocks (12 for ViT-S and ViT-B)
+    _C.DEPTH = 12
+    # attention heads (ViT-S 6, ViT-B 12)
+    _C.NUM_HEADS = 6
+    # MLP width / token width
+    _C.MLP_RATIO = 4.0
+    # stochastic depth rate at the last block (DINO ViT-S: 0.1; ViTDet ViT-B: 0.1)
+    _C.DROP_PATH_RATE = 0.1
+    # side of the pre-training (global) crop the position embeddings are sized for; the
+    # exported pos_embed has (PRETRAIN_IMG_SIZE / PATCH_SIZE)^2 + 1 rows (ViTDet interpolates)
+    _C.PRETRAIN_IMG_SIZE = 224
+    # ViTDet: side of the padded square input image (SimpleFeaturePyramid's square_pad)
+    _C.IMG_SIZE = 1024
+    # ViTDet: window side of windowed attention (14 = 224 / 16)
+    _C.WINDOW_SIZE = 14
+    # ViTDet: blocks with windowed attention; the others attend globally (ViT-S/B: 2, 5, 8, 11)
+    _C.WINDOW_BLOCK_INDEXES = [0, 1, 3, 4, 6, 7, 9, 10]
+    # ViTDet: relative position biases in attention (new parameters, not pre-trained)
+    _C.USE_REL_POS = True
+    # ViTDet: SimpleFeaturePyramid scale factors of the stride-16 map (-> strides 4 .. 32)
+    _C.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+
+
 def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.SSPRL = CN()
     _C = cfg.INPUT.SSPRL
@@ -134,6 +208,8 @@ def _add_input_config(cfg: CN) -> None:
     _C.PATCH_SCALE_RANGE = [0.6, 1.0]
     # probability of a horizontal flip of every crop and patch
     _C.FLIP_PROB = 0.5
+    # record each scale-0 crop's box in the source image and its flip (local-global needs them)
+    _C.RECORD_BOXES = False
     # ColorJitter strengths: brightness, contrast, saturation, hue
     _C.COLOR_JITTER = [0.8, 0.8, 0.8, 0.2]
     # probability of applying the colour jitter
@@ -160,8 +236,16 @@ def _add_dataset_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.SSPRL = CN()
     _C = cfg.SOLVER.SSPRL
-    # optimiser: "LARS" (timm.optim.Lars around SGD, release) or "SGD"
+    # optimiser: "LARS" (timm.optim.Lars around SGD, release), "SGD" or "AdamW" (DINO: biases
+    # and 1-d tensors without weight decay; SOLVER.CLIP_GRADIENTS applies). Fine-tuning reads
+    # only "AdamW" (ViTDet's optimiser); any other value keeps Detectron2's SGD there
     _C.OPTIMIZER = "LARS"
+    # weight decay at the last iteration, reached by a cosine from SOLVER.WEIGHT_DECAY (DINO:
+    # 0.04 -> 0.4); negative keeps SOLVER.WEIGHT_DECAY constant
+    _C.WEIGHT_DECAY_END = -1.0
+    # fine-tuning with OPTIMIZER "AdamW" (ViTDet): learning-rate factor per ViT block from the
+    # top, lr x LAYER_DECAY^(depth + 1 - layer) (ViTDet ViT-B: 0.7); 1.0 switches it off
+    _C.LAYER_DECAY = 1.0
     # LARS trust coefficient eta
     _C.LARS_TRUST = 0.001
     # True: BN weights and all biases (1-d tensors) skip LARS adaptation and weight decay (SwAV,

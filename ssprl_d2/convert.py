@@ -1,10 +1,12 @@
-"""Export a pre-trained ResNet trunk to Detectron2's or torchvision's weight format.
+"""Export a pre-trained trunk: a ResNet to Detectron2's or torchvision's weight format, a ViT to
+Detectron2's ViTDet or timm's.
 
-Inputs: a checkpoint of ``tools/train_net.py`` (SS-PRL or a later pre-trainer of this project,
-trunk under ``backbone.``), or a plain torchvision ResNet state dict. Only the trunk leaves:
-projection heads, prototypes, g_phi and queues are dropped and reported.
+Inputs: a checkpoint of ``tools/train_net.py`` (SS-PRL, MLS or local-global; trunk under
+``backbone.``), or a plain torchvision ResNet / timm ViT state dict. Only the trunk leaves:
+projection heads, prototypes, g_phi, queues, key encoders and teachers are dropped and reported.
 """
 import logging
+import math
 import os
 import pickle
 import re
@@ -27,6 +29,10 @@ __all__ = [
     "to_torchvision",
     "save_detectron2",
     "save_torchvision",
+    "is_vit_state",
+    "extract_vit",
+    "validate_vit",
+    "save_vitdet",
     "convert_checkpoint",
 ]
 
@@ -54,6 +60,8 @@ class ConversionReport:
 
     source_format: str = ""
     depth: int = 0
+    # "ResNet-<depth>" or "ViT (width W, depth D, patch P, position grid G x G)"
+    architecture: str = ""
     kept: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     renamed: List[Tuple[str, str]] = field(default_factory=list)
@@ -67,7 +75,7 @@ class ConversionReport:
         others = [k for k in self.dropped if not k.endswith("num_batches_tracked")]
         dropped_groups = sorted({k.split(".")[0] for k in others})
         lines = [
-            f"source: {self.source_format}, ResNet-{self.depth}",
+            f"source: {self.source_format}, {self.architecture or f'ResNet-{self.depth}'}",
             f"kept {len(self.kept)} trunk tensors",
             f"dropped {len(others)} non-trunk keys (groups: {', '.join(dropped_groups) or '-'})"
             f" and {len(counters)} BN num_batches_tracked counters",
@@ -321,6 +329,138 @@ def save_torchvision(state: Mapping[str, torch.Tensor], path: str) -> None:
     atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
+# ---------------------------------------------------------------------------- ViT
+# prefixes under which a pre-trainer keeps its ViT (local-global: the student ``backbone.``)
+VIT_PREFIXES = ("backbone.net.", "backbone.", "")
+# timm ViT tensors that Detectron2's ViT has no place for: the CLS token (ViTDet drops it) and
+# the final norm (ViTDet's pyramid reads the last block's output)
+_TIMM_ONLY = ("cls_token", "norm.weight", "norm.bias")
+# what Detectron2's ViT prefixes its trunk with inside a ViTDet model
+VITDET_PREFIX = "backbone.net."
+
+
+def is_vit_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a flat state dict holds a ViT trunk (timm or Detectron2 names, any prefix)."""
+    return any(k.endswith("blocks.0.attn.qkv.weight") for k in state) and any(
+        k.endswith("patch_embed.proj.weight") for k in state
+    )
+
+
+def extract_vit(
+    state: Mapping[str, torch.Tensor]
+) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
+    """The ViT trunk under timm names (``cls_token``, ``pos_embed``, ``patch_embed.*``,
+    ``blocks.*``, ``norm.*``), without heads or teacher.
+
+    Args:
+        state: a local-global checkpoint (student under ``backbone.``) or a timm ViT state dict.
+
+    Returns:
+        (trunk, report).
+
+    Raises:
+        ConversionError: no ViT trunk found.
+    """
+    report = ConversionReport()
+    names = {k[len("module.") :] if k.startswith("module.") else k: k for k in state}
+    prefix = next(
+        (p for p in VIT_PREFIXES if f"{p}patch_embed.proj.weight" in names), None
+    )
+    if prefix is None:
+        raise ConversionError("no ViT trunk found (no '<prefix>patch_embed.proj.weight')")
+    report.source_format = (
+        f"pre-trainer checkpoint (ViT under '{prefix}')" if prefix else "timm ViT state dict"
+    )
+    trunk: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for name, original in names.items():
+        new = name[len(prefix) :] if name.startswith(prefix) else None
+        keep = new is not None and (
+            new in ("cls_token", "pos_embed", "norm.weight", "norm.bias")
+            or new.startswith(("patch_embed.", "blocks."))
+        )
+        if not keep:
+            report.dropped.append(original)
+            continue
+        trunk[new] = state[original].detach().cpu()
+        report.kept.append(new)
+        if new != original:
+            report.renamed.append((original, new))
+    return trunk, report
+
+
+def _vit_sizes(trunk: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+    # the sizes a ViT's tensors fix (the number of heads leaves no trace in the shapes)
+    proj = trunk["patch_embed.proj.weight"]
+    blocks = {int(k.split(".")[1]) for k in trunk if k.startswith("blocks.")}
+    positions = trunk["pos_embed"].shape[1] - (1 if "cls_token" in trunk else 0)
+    grid = int(round(math.sqrt(positions)))
+    if grid * grid != positions:
+        raise ConversionError(f"pos_embed has {positions} patch positions, not a square grid")
+    return {
+        "embed_dim": int(proj.shape[0]),
+        "patch_size": int(proj.shape[-1]),
+        "depth": max(blocks) + 1 if blocks else 0,
+        "mlp_ratio": trunk["blocks.0.mlp.fc1.weight"].shape[0] / proj.shape[0],
+        "img_size": grid * int(proj.shape[-1]),
+    }
+
+
+def validate_vit(trunk: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+    """Check a timm-named ViT trunk against timm's ViT of the sizes its tensors imply.
+
+    Returns:
+        the sizes (embed_dim, patch_size, depth, mlp_ratio, img_size).
+
+    Raises:
+        ConversionError: missing, extra or misshapen tensors, or no CLS token.
+    """
+    import timm
+
+    if "cls_token" not in trunk or "pos_embed" not in trunk:
+        raise ConversionError("the ViT has no CLS token or no absolute position embeddings")
+    sizes = _vit_sizes(trunk)
+    with torch.device("meta"):
+        reference = timm.create_model(
+            "vit_small_patch16_224", pretrained=False, num_classes=0, num_heads=1, **sizes
+        ).state_dict()
+    _compare(trunk, {k: tuple(v.shape) for k, v in reference.items()}, "timm ViT")
+    return sizes
+
+
+def _compare(trunk, reference: Mapping[str, Tuple[int, ...]], what: str) -> None:
+    missing = sorted(set(reference) - set(trunk))
+    extra = sorted(set(trunk) - set(reference))
+    wrong = [f"{k}: {tuple(trunk[k].shape)} != {reference[k]}"
+             for k in reference if k in trunk and tuple(trunk[k].shape) != reference[k]]
+    if missing or extra or wrong:
+        problems = (([f"missing {missing[:5]}"] if missing else [])
+                    + ([f"unexpected {extra[:5]}"] if extra else [])
+                    + [f"shape {w}" for w in wrong[:5]])
+        raise ConversionError(f"trunk does not match {what}: " + "; ".join(problems))
+
+
+def to_vitdet(trunk: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """timm ViT names -> the names Detectron2's ViT has inside a ViTDet model (``backbone.net.``).
+
+    The CLS token and the final norm have no place there (ViTDet keeps the CLS row of
+    ``pos_embed``, ``pretrain_use_cls_token``, and drops it when it interpolates).
+    """
+    return OrderedDict(
+        (VITDET_PREFIX + k, v) for k, v in trunk.items() if k not in _TIMM_ONLY
+    )
+
+
+def save_vitdet(trunk: Mapping[str, torch.Tensor], path: str, author: str = "ssprl_d2") -> None:
+    """Write ``{"model": {backbone.net.*: ndarray}, "__author__"}`` atomically, exact names (no
+    matching heuristics: ViTDet's pyramid and relative position biases stay new)."""
+    payload = {
+        "model": {k: v.numpy() for k, v in to_vitdet(trunk).items()},
+        "__author__": author,
+        "matching_heuristics": False,
+    }
+    atomic_write(path, lambda f: pickle.dump(payload, f))
+
+
 def convert_checkpoint(
     src: str, dst: str, output_format: str = "detectron2", depth: Optional[int] = None
 ) -> ConversionReport:
@@ -328,16 +468,42 @@ def convert_checkpoint(
 
     Args:
         src: input checkpoint.
-        dst: output path (``.pkl`` for Detectron2, ``.pth`` for torchvision by convention).
-        output_format: "detectron2" or "torchvision".
+        dst: output path (``.pkl`` for Detectron2, ``.pth`` for torchvision / timm by convention).
+        output_format: "detectron2" (ResNet names, or ``backbone.net.*`` of ViTDet for a ViT),
+            "torchvision" (ResNet only) or "timm" (ViT only).
         depth: the ResNet depth the trunk must have (inferred when None).
 
     Returns:
         the report of kept, dropped and renamed keys.
     """
-    if output_format not in ("detectron2", "torchvision"):
+    if output_format not in ("detectron2", "torchvision", "timm"):
         raise ConversionError(f"unknown output format {output_format!r}")
     state, container = load_state_dict_any(src)
+    if is_vit_state(state):
+        if output_format == "torchvision" or depth is not None:
+            raise ConversionError(
+                "the checkpoint holds a ViT: use --format detectron2 (ViTDet) or timm, no --depth"
+            )
+        trunk, report = extract_vit(state)
+        report.source_format += f", {container}"
+        sizes = validate_vit(trunk)
+        report.architecture = (
+            f"ViT (width {sizes['embed_dim']}, depth {sizes['depth']}, patch "
+            f"{sizes['patch_size']}, pre-trained at {sizes['img_size']} px)"
+        )
+        if output_format == "detectron2":
+            # the CLS token and final norm have no place in ViTDet; the rest gains its prefix
+            original = {new: old for old, new in report.renamed}
+            report.dropped += [original.get(k, k) for k in _TIMM_ONLY if k in trunk]
+            report.kept = list(to_vitdet(trunk))
+            report.renamed = [(original.get(k, k), VITDET_PREFIX + k)
+                              for k in trunk if k not in _TIMM_ONLY]
+            save_vitdet(trunk, dst)
+        else:
+            save_torchvision(trunk, dst)
+        return report
+    if output_format == "timm":
+        raise ConversionError("--format timm is for ViT checkpoints; this one holds a ResNet")
     trunk, report = extract_trunk(state)
     report.source_format += f", {container}"
     report.depth = validate_trunk(trunk, depth)

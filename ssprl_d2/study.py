@@ -9,6 +9,9 @@ from typing import Dict, List, Mapping, Sequence
 __all__ = [
     "VARIANTS",
     "PRETRAINED_VARIANTS",
+    "VIT_VARIANTS",
+    "VIT_PRETRAIN_CONFIG",
+    "VIT_FINETUNE_CONFIG",
     "PRETRAIN_CONFIGS",
     "DEFAULT_PRETRAIN_CONFIG",
     "pretrain_config",
@@ -44,6 +47,18 @@ PRETRAINED_VARIANTS = [name for name, opts in VARIANTS.items() if opts is not No
 # every variant not named here is an SS-PRL variant
 DEFAULT_PRETRAIN_CONFIG = "ssprl_R_18_cpu_synthetic.yaml"
 PRETRAIN_CONFIGS: Dict[str, str] = {"MLS": "mls_R_18_cpu_synthetic.yaml"}
+
+
+# the ViT section: random init against local-global pre-training and its CLS-only ablation (DINO,
+# no patch matching: what the method's claim rests on), same budget and seeds, on the tiny-ViT
+# CPU schedules; evaluated by a kNN probe of the CLS token and ViTDet Mask R-CNN AP
+VIT_VARIANTS: Dict[str, List[str]] = {
+    "ViT random init": None,  # type: ignore[dict-item]
+    "local-global": [],
+    "CLS-only (DINO)": ["MODEL.LOCALGLOBAL.PATCH_LOSS", "False"],
+}
+VIT_PRETRAIN_CONFIG = "localglobal_ViT_tiny_cpu_synthetic.yaml"
+VIT_FINETUNE_CONFIG = "mask_rcnn_ViT_tiny_cpu_synthetic.yaml"
 
 
 def pretrain_config(variant: str) -> str:

@@ -190,3 +190,88 @@ def test_mls_export_keeps_the_query_trunk_and_loads_into_mask_rcnn(tmp_path):
         assert torch.equal(after["backbone.bottom_up." + k], v), k
     key_conv = pretrainer.key_backbone.stem.conv1.weight
     assert not torch.equal(after["backbone.bottom_up.stem.conv1.weight"], key_conv)
+
+
+# ---------------------------------------------------------------------------- ViT
+def _localglobal_cfg():
+    from test_local_global import LG_CPU_CONFIG
+
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(LG_CPU_CONFIG)
+    cfg.MODEL.VIT.DEPTH = 2
+    cfg.MODEL.LOCALGLOBAL.HEAD_OUT_DIM = 32
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def localglobal_checkpoint(tmp_path_factory):
+    """A local-global checkpoint whose student and teacher differ, as after training."""
+    torch.manual_seed(0)
+    model = _trained_like(build_model(_localglobal_cfg()))
+    with torch.no_grad():
+        for p in model.teacher_backbone.parameters():
+            p.sub_(0.05)
+    path = str(tmp_path_factory.mktemp("vit") / "model_final.pth")
+    torch.save({"model": model.state_dict(), "iteration": 3}, path)
+    return path, model
+
+
+def test_vit_export_loads_into_vitdet_with_every_tensor_equal(localglobal_checkpoint, tmp_path):
+    path, model = localglobal_checkpoint
+    out = str(tmp_path / "vit.pkl")
+    report = convert_checkpoint(path, out)
+    assert report.architecture.startswith("ViT (width 96, depth 2, patch 8")
+    for dropped in ("teacher_backbone.", "teacher_head.", "head.", "center",
+                    "backbone.cls_token", "backbone.norm.weight"):
+        assert any(k.startswith(dropped) for k in report.dropped), dropped
+    with open(out, "rb") as f:
+        exported = pickle.load(f)["model"]
+    assert all(k.startswith("backbone.net.") for k in exported)
+
+    det_cfg = get_cfg()
+    add_ssprl_config(det_cfg)
+    det_cfg.merge_from_file(
+        os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_ViT_tiny_cpu_synthetic.yaml")
+    )
+    det_cfg.MODEL.VIT.DEPTH = 2
+    det_cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [0]
+    detector = build_model(det_cfg)
+    checkpointer = DetectionCheckpointer(detector)
+    checkpointer.load(out)
+    after = detector.state_dict()
+    net = [k for k in after if k.startswith("backbone.net.") and "rel_pos" not in k]
+    assert sorted(net) == sorted(exported)
+    student = model.backbone.state_dict()
+    for k in net:
+        assert torch.equal(after[k], student[k[len("backbone.net."):]]), k
+        assert torch.equal(after[k], torch.from_numpy(exported[k])), k
+
+
+def test_vit_export_to_timm_loads_strictly(localglobal_checkpoint, tmp_path):
+    import timm
+
+    path, model = localglobal_checkpoint
+    out = str(tmp_path / "vit_timm.pth")
+    convert_checkpoint(path, out, output_format="timm")
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
+                            img_size=48, patch_size=8, embed_dim=96, depth=2, num_heads=3)
+    vit.load_state_dict(torch.load(out), strict=True)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(vit.state_dict()[k], v), k
+
+
+def test_vit_export_refusals(localglobal_checkpoint, ssprl_r18_checkpoint, tmp_path):
+    path, _ = localglobal_checkpoint
+    with pytest.raises(ConversionError, match="holds a ViT"):
+        convert_checkpoint(path, str(tmp_path / "a.pth"), output_format="torchvision")
+    r18, _ = ssprl_r18_checkpoint
+    with pytest.raises(ConversionError, match="for ViT checkpoints"):
+        convert_checkpoint(r18, str(tmp_path / "b.pth"), output_format="timm")
+    state, _ = load_state_dict_any(path)
+    del state["backbone.blocks.1.mlp.fc2.bias"]
+    broken = tmp_path / "broken.pth"
+    torch.save({"model": state}, broken)
+    with pytest.raises(ConversionError, match="missing"):
+        convert_checkpoint(str(broken), str(tmp_path / "c.pkl"))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith((".pkl", ".tmp"))]

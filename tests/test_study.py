@@ -59,3 +59,23 @@ def test_every_pretraining_variant_builds_and_trains_a_step(variant):
         assert losses["loss_cross_s1"].item() == 0.0
     if variant == "L_cross only":
         assert losses["loss_pyr_s1"].item() == 0.0 and losses["loss_cross_s1"].item() > 0
+
+
+def test_vit_variants_are_local_global_and_its_cls_only_ablation():
+    import os
+
+    from detectron2.config import get_cfg
+    from util import REPO
+
+    from ssprl_d2 import add_ssprl_config
+    from ssprl_d2.study import VIT_FINETUNE_CONFIG, VIT_PRETRAIN_CONFIG, VIT_VARIANTS
+
+    quick = os.path.join(REPO, "configs", "quick_schedules")
+    assert os.path.exists(os.path.join(quick, VIT_FINETUNE_CONFIG))
+    assert VIT_VARIANTS["ViT random init"] is None
+    for variant, patch_loss in (("local-global", True), ("CLS-only (DINO)", False)):
+        cfg = get_cfg()
+        add_ssprl_config(cfg)
+        cfg.merge_from_file(os.path.join(quick, VIT_PRETRAIN_CONFIG))
+        cfg.merge_from_list(VIT_VARIANTS[variant] + ["MODEL.VIT.DEPTH", "1"])
+        assert build_model(cfg).patch_loss is patch_loss

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""SS-PRL pre-training, and Detectron2 fine-tuning / evaluation, in one entry point.
+"""Pre-training (SS-PRL, MLS, local-global ViT), and Detectron2 fine-tuning / evaluation, in one
+entry point.
 
 Pre-train (the paper's COCO recipe; the CPU smoke schedule is under configs/quick_schedules/):
 
@@ -46,6 +47,7 @@ from ssprl_d2.data.build import (
 )
 from ssprl_d2.engine import (
     AtomicDetectionCheckpointer,
+    build_finetune_optimizer,
     build_pretrain_hooks,
     build_pretrain_optimizer,
     verify_loaded_weights,
@@ -61,7 +63,11 @@ from ssprl_d2.modeling import get_task
 # what differs per task (ssprl_d2.modeling.task); a task without an entry uses Detectron2's default
 TRAIN_LOADERS = {"pretrain": build_pretrain_loader, "multilabel": build_multilabel_train_loader}
 TEST_LOADERS = {"multilabel": build_multilabel_test_loader}
-OPTIMIZERS = {"pretrain": build_pretrain_optimizer}
+OPTIMIZERS = {
+    "pretrain": build_pretrain_optimizer,
+    "detection": build_finetune_optimizer,
+    "semseg": build_finetune_optimizer,
+}
 # detection and semseg choose by the test set's evaluator_type (COCO, VOC, Cityscapes, sem_seg)
 EVALUATORS = {
     "multilabel": MultiLabelMAPEvaluator,
@@ -133,7 +139,9 @@ class Trainer(DefaultTrainer):
             size = self._trainer.data_loader.dataset_size
             probe = build_probe_hook(self.cfg)
             # after IterationTimer and LRScheduler, before checkpointing and writing
-            hooks[2:2] = build_pretrain_hooks(self.cfg, size) + ([probe] if probe else [])
+            hooks[2:2] = build_pretrain_hooks(self.cfg, size, self.model) + (
+                [probe] if probe else []
+            )
         return hooks
 
     def resume_or_load(self, resume=True):
@@ -141,7 +149,9 @@ class Trainer(DefaultTrainer):
         resumed = resume and self.checkpointer.has_checkpoint()
         if self.cfg.MODEL.WEIGHTS and not resumed:
             # fine-tuning: every trunk tensor must come from the pre-trained file
-            check_weights(self.cfg, self.checkpointer, self.model, trunk_prefixes(self.model))
+            # (ViTDet's relative position biases are new: a pre-trained ViT has none)
+            check_weights(self.cfg, self.checkpointer, self.model, trunk_prefixes(self.model),
+                          exempt=(".rel_pos_",))
         loader = self._trainer.data_loader
         if hasattr(loader, "set_start_iter"):
             loader.set_start_iter(self.start_iter)
@@ -160,19 +170,21 @@ def amp_options(cfg):
 
 
 def trunk_prefixes(model):
-    """Where the pre-trained ResNet trunk lives in a fine-tuned model's state dict.
+    """Where the pre-trained trunk lives in a fine-tuned model's state dict.
 
-    An FPN backbone wraps the trunk as ``bottom_up``; a C4 model keeps res2-res4 in the backbone
-    and res5 in the box head (``roi_heads.res5.<block>``; MoCo's extra norm after it is new).
+    An FPN backbone wraps the ResNet as ``bottom_up``, ViTDet's pyramid the ViT as ``net``; a C4
+    model keeps res2-res4 in the backbone and res5 in the box head (``roi_heads.res5.<block>``;
+    MoCo's extra norm after it is new).
     """
     keys = getattr(model, "module", model).state_dict().keys()
-    if any(k.startswith("backbone.bottom_up.") for k in keys):
-        return ("backbone.bottom_up.",)
+    for wrapped in ("backbone.bottom_up.", "backbone.net."):
+        if any(k.startswith(wrapped) for k in keys):
+            return (wrapped,)
     res5 = {".".join(k.split(".")[:3]) + "." for k in keys if k.startswith("roi_heads.res5.")}
     return ("backbone.", *sorted(p for p in res5 if p.split(".")[2].isdigit()))
 
 
-def check_weights(cfg, checkpointer, model, required_prefix):
+def check_weights(cfg, checkpointer, model, required_prefix, exempt=()):
     """Fail loudly where MODEL.WEIGHTS left part of the model at its random initialisation."""
     model = getattr(model, "module", model)
     verify_loaded_weights(
@@ -181,6 +193,7 @@ def check_weights(cfg, checkpointer, model, required_prefix):
         cfg.MODEL.WEIGHTS,
         required_prefix,
         cfg.MODEL.RESNETS.DEPTH,
+        exempt,
     )
 
 

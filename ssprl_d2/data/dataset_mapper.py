@@ -32,16 +32,29 @@ class PyramidDatasetMapper:
 
     @configurable
     def __init__(
-        self, *, views: PyramidViewGenerator, photometric: Optional[WorkerPhotometric] = None
+        self,
+        *,
+        views: PyramidViewGenerator,
+        photometric: Optional[WorkerPhotometric] = None,
+        record_boxes: bool = False,
     ):
+        """
+        Args:
+            views: the crop generator.
+            photometric: per-crop photometric augmentation, or None when the model applies it.
+            record_boxes: also return each scale-0 crop's source box and flip (local-global
+                patch matching needs them).
+        """
         self.views = views
         self.photometric = photometric
+        self.record_boxes = record_boxes
 
     @classmethod
     def from_config(cls, cfg):
         return {
             "views": PyramidViewGenerator(cfg),
             "photometric": build_photometric(cfg, "worker"),
+            "record_boxes": cfg.INPUT.SSPRL.RECORD_BOXES,
         }
 
     def __call__(self, dataset_dict: dict, seed: int) -> dict:
@@ -50,13 +63,15 @@ class PyramidDatasetMapper:
         Returns: {"crops": list of (3, S, S) tensors in layout order, "seed", "image_id",
             "photometric_done"} (True when the workers already applied the photometric part;
             the crops are uint8 either way), and the record's ``"category_ids"`` when it has
-            them (diagnostics only, e.g. MLS's pseudo-label precision).
+            them (diagnostics only, e.g. MLS's pseudo-label precision). With ``record_boxes``
+            also "boxes" (float32 [K0, 4], x0 y0 x1 y1 in source pixels) and "flips" (bool [K0])
+            of the K0 scale-0 crops.
 
         Raises: BadImageError if the file cannot be decoded.
         """
         image = read_image_rgb(dataset_dict["file_name"])
         rng = np.random.default_rng(seed)
-        crops = self.views(image, rng)
+        crops, boxes, flips = self.views.cut_with_geometry(image, rng)
         done = self.photometric is not None
         if done:
             crops = self.photometric(crops, seed)
@@ -66,6 +81,8 @@ class PyramidDatasetMapper:
             "image_id": dataset_dict.get("image_id"),
             "photometric_done": done,
         }
+        if self.record_boxes:
+            sample["boxes"], sample["flips"] = boxes, flips
         if "category_ids" in dataset_dict:
             sample["category_ids"] = list(dataset_dict["category_ids"])
         return sample

@@ -336,22 +336,45 @@ class PyramidViewGenerator:
         Returns:
             one contiguous uint8 [3, size, size] tensor per entry of :attr:`layout`, in its order.
         """
+        return self.cut_with_geometry(image, rng)[0]
+
+    def cut_with_geometry(
+        self, image: np.ndarray, rng: np.random.Generator
+    ) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Cut all views of one image and say where the scale-0 crops came from.
+
+        Draws exactly what :meth:`__call__` draws (same crops for the same generator state);
+        local-global patch matching needs each crop's box in the source image and its flip.
+
+        Args:
+            image, rng: as :meth:`__call__`.
+
+        Returns:
+            (crops, boxes, flips): crops as :meth:`__call__`; boxes float32 [K0, 4] of
+            (x0, y0, x1, y1) in source-image pixels and flips bool [K0] of the K0 =
+            sum(nmb_crops) scale-0 crops, in layout order.
+        """
         image = _as_rgb_uint8(image)
         height, width = image.shape[:2]
         flips = (rng.random(len(self.layout)) < self.flip_prob).tolist()
         crops: List[np.ndarray] = []
+        scale0_boxes: List[Tuple[int, int, int, int]] = []
 
         for count, size, scale in zip(self.nmb_crops, self.size_crops, self.scale_crops):
             boxes = sample_resized_crop_boxes(rng, height, width, count, scale)
             for top, left, h, w in boxes.tolist():
                 crops.append(resize_square(image[top : top + h, left : left + w], size))
+                scale0_boxes.append((left, top, left + w, top + h))
 
         for grid, image_size, patch_size in zip(
             self.grids, self.patch_image_sizes, self.patch_crop_sizes
         ):
             crops.extend(self._grid_patches(image, rng, grid, image_size, patch_size))
 
-        return [_to_chw_tensor(crop, flip) for crop, flip in zip(crops, flips)]
+        tensors = [_to_chw_tensor(crop, flip) for crop, flip in zip(crops, flips)]
+        k0 = len(scale0_boxes)
+        box_tensor = torch.tensor(scale0_boxes, dtype=torch.float32).reshape(k0, 4)
+        return tensors, box_tensor, torch.tensor(flips[:k0], dtype=torch.bool)
 
     def _grid_patches(
         self,

@@ -66,6 +66,7 @@ def verify_loaded_weights(
     weights: str,
     required_prefix: Union[str, Tuple[str, ...]],
     depth: int,
+    exempt: Tuple[str, ...] = (),
 ) -> None:
     """Raise if ``weights`` left any tensor under ``required_prefix`` unloaded or mis-shaped.
 
@@ -79,9 +80,15 @@ def verify_loaded_weights(
         required_prefix: "" for every tensor (evaluation), "backbone.bottom_up." for a trunk, or
             a tuple of prefixes (a C4 trunk: the backbone and the res5 blocks of the box head).
         depth: MODEL.RESNETS.DEPTH of the config.
+        exempt: name fragments of tensors under the prefix that fine-tuning adds (ViTDet's
+            relative position biases, ".rel_pos_").
     """
     def required(key: str) -> bool:
-        return key.startswith(required_prefix) and not key.endswith("num_batches_tracked")
+        return (
+            key.startswith(required_prefix)
+            and not key.endswith("num_batches_tracked")
+            and not any(part in key for part in exempt)
+        )
 
     if not any(required(k) for k in model_keys):
         return

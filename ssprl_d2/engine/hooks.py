@@ -1,9 +1,12 @@
 """Training mechanics of the pre-trainers outside the forward pass, as Detectron2 hooks.
 
-Each hook asks the model for what it acts on (``prototype_modules()``, ``queue_modules()``), so a
-new method opts in by offering the method.
+Each hook asks the model for what it acts on (``prototype_modules()``, ``queue_modules()``,
+``last_layer_modules()``), so a new method opts in by offering the method. The schedules (weight
+decay, teacher momentum and temperature) are functions of the iteration alone, so a resumed run
+sets exactly the values the uninterrupted run would have.
 """
 import logging
+import math
 from typing import Iterable, List
 
 from detectron2.engine import HookBase
@@ -16,6 +19,9 @@ __all__ = [
     "FreezePrototypesHook",
     "QueueStartHook",
     "RankStateHook",
+    "WeightDecayScheduleHook",
+    "TeacherScheduleHook",
+    "cosine_schedule",
     "unwrap_model",
 ]
 
@@ -27,9 +33,16 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def _prototype_modules(model: nn.Module) -> List[nn.Module]:
-    # the model names its own prototype-like modules (SS-PRL: C_s and g_phi)
-    return list(unwrap_model(model).prototype_modules())
+def _prototype_modules(model: nn.Module, which: str = "prototype_modules") -> List[nn.Module]:
+    # the model names its own prototype-like modules (SS-PRL: C_s and g_phi; local-global: the
+    # DINO head's last layer, as "last_layer_modules")
+    return list(getattr(unwrap_model(model), which)())
+
+
+def cosine_schedule(start: float, end: float, iteration: int, max_iter: int) -> float:
+    """end + (start - end) (1 + cos(pi t / T)) / 2: ``start`` at t = 0, ``end`` at t = T."""
+    progress = min(max(iteration / max(max_iter, 1), 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class NormalizePrototypesHook(HookBase):
@@ -44,16 +57,23 @@ class FreezePrototypesHook(HookBase):
     """Drop the gradients of the prototypes and of g_phi for the first iterations.
 
     While frozen, the optimiser skips these parameters entirely (no momentum, no weight decay),
-    which keeps early training from collapsing onto a few prototypes.
+    which keeps early training from collapsing onto a few prototypes. With ``modules``
+    "last_layer_modules" it is DINO's frozen last layer in the first epoch.
     """
 
-    def __init__(self, freeze_iters: int):
+    def __init__(self, freeze_iters: int, modules: str = "prototype_modules"):
+        """
+        Args:
+            freeze_iters: iterations without updates.
+            modules: the model method that lists the frozen modules.
+        """
         self.freeze_iters = freeze_iters
+        self.modules = modules
 
     def after_backward(self):
         if self.trainer.iter >= self.freeze_iters:
             return
-        for module in _prototype_modules(self.trainer.model):
+        for module in _prototype_modules(self.trainer.model, self.modules):
             for p in module.parameters():
                 p.grad = None
 
@@ -137,3 +157,52 @@ class RankStateHook(HookBase):
             # an older checkpoint: only rank 0's state is in it; the others must not reuse it
             logger.warning("The checkpoint has no per-process state; this rank's queues refill")
             self._model().reset_rank_state()
+
+
+class WeightDecayScheduleHook(HookBase):
+    """Cosine weight decay (DINO: 0.04 -> 0.4) on the parameter groups that have weight decay.
+
+    Acts on the groups the optimiser builder flagged ``"scheduled_weight_decay"`` (biases and
+    norms keep 0).
+    """
+
+    def __init__(self, start: float, end: float, max_iter: int):
+        self.start, self.end, self.max_iter = start, end, max_iter
+
+    def before_step(self):
+        value = cosine_schedule(self.start, self.end, self.trainer.iter, self.max_iter)
+        for group in self.trainer.optimizer.param_groups:
+            if group.get("scheduled_weight_decay", False):
+                group["weight_decay"] = value
+        self.trainer.storage.put_scalar("weight_decay", value, smoothing_hint=False)
+
+
+class TeacherScheduleHook(HookBase):
+    """Sets the model's ``momentum`` (cosine, DINO: 0.996 -> 1) and ``teacher_temp`` (linear
+    warm-up, then constant) before every iteration."""
+
+    def __init__(
+        self,
+        momentum: float,
+        momentum_end: float,
+        warmup_temp: float,
+        temp: float,
+        warmup_iters: int,
+        max_iter: int,
+    ):
+        self.momentum, self.momentum_end = momentum, momentum_end
+        self.warmup_temp, self.temp, self.warmup_iters = warmup_temp, temp, warmup_iters
+        self.max_iter = max_iter
+
+    def values(self, iteration: int) -> tuple:
+        """(momentum, teacher temperature) at ``iteration``."""
+        momentum = cosine_schedule(self.momentum, self.momentum_end, iteration, self.max_iter)
+        if self.warmup_iters > 0 and iteration < self.warmup_iters:
+            temp = self.warmup_temp + (self.temp - self.warmup_temp) * iteration / self.warmup_iters
+        else:
+            temp = self.temp
+        return momentum, temp
+
+    def before_step(self):
+        model = unwrap_model(self.trainer.model)
+        model.momentum, model.teacher_temp = self.values(self.trainer.iter)

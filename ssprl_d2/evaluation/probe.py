@@ -8,7 +8,7 @@ is always probed alongside: a pre-trained trunk is only useful when it clearly b
 import copy
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "KNNProbe",
     "probe_datasets",
     "knn_probe",
+    "knn_probe_pretrainer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,9 +189,14 @@ def extract_features(model: torch.nn.Module, loader) -> Tuple[torch.Tensor, torc
         ((N, D) float features, (N, C) float labels), in loader order.
     """
     model.eval()
+    return _features(lambda batch: model.pooled_features(model.preprocess(batch)), loader)
+
+
+@torch.no_grad()
+def _features(extract, loader) -> Tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
     for batch in loader:
-        feats.append(model.pooled_features(model.preprocess(batch)).float().cpu())
+        feats.append(extract(batch).float().cpu())
         labels.append(torch.stack([torch.as_tensor(x["labels"]) for x in batch]).float())
     return torch.cat(feats), torch.cat(labels)
 
@@ -231,7 +237,7 @@ class KNNProbe:
     """The kNN probe's fixed parts (config, feature loaders, class names), reusable across trunks.
 
     Built once (e.g. by a training hook), then :meth:`map_of` scores any classifier built by
-    :func:`build_probe_model`, or :meth:`map_of_trunk` the trunk of a live pre-training model.
+    :func:`build_probe_model`, :meth:`map_of_pretrainer` a (live) pre-training model.
     """
 
     def __init__(self, cfg, train_dataset: str, test_dataset: str, k: int = 20,
@@ -252,19 +258,32 @@ class KNNProbe:
         self.classes = MetadataCatalog.get(test_dataset).get("thing_classes")
         self.test_labels: Optional[torch.Tensor] = None
 
-    def map_of(self, model: torch.nn.Module) -> float:
-        """kNN mAP (percent) of a ``MultiLabelClassifier``'s pooled trunk features."""
-        train_x, train_y = extract_features(model, self.loaders[self.train_dataset])
-        test_x, self.test_labels = extract_features(model, self.loaders[self.test_dataset])
+    def map_of_extractor(self, extract: Callable[[List[dict]], torch.Tensor]) -> float:
+        """kNN mAP (percent) of any features: ``extract`` maps a loader batch to (B, D)."""
+        train_x, train_y = _features(extract, self.loaders[self.train_dataset])
+        test_x, self.test_labels = _features(extract, self.loaders[self.test_dataset])
         return knn_map(
             train_x, train_y, test_x, self.test_labels, self.k, self.weighted, self.classes
         )
 
-    def map_of_trunk(self, backbone: torch.nn.Module) -> float:
-        """kNN mAP of a copy of ``backbone`` (a live trunk; left untouched, training mode kept)."""
-        model = build_probe_model(self.cfg, None)
-        model.backbone.load_state_dict(backbone.state_dict())
-        return self.map_of(model.to(next(backbone.parameters()).device).eval())
+    def map_of(self, model: torch.nn.Module) -> float:
+        """kNN mAP (percent) of a ``MultiLabelClassifier``'s pooled trunk features."""
+        model.eval()
+        return self.map_of_extractor(lambda batch: model.pooled_features(model.preprocess(batch)))
+
+    def map_of_pretrainer(self, model: torch.nn.Module) -> float:
+        """kNN mAP of a pre-trainer's own inference ``"features"`` (any meta-architecture here).
+
+        The model is switched to eval mode for the feature pass and back to its previous mode.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            return self.map_of_extractor(
+                lambda batch: torch.stack([o["features"] for o in model(batch)])
+            )
+        finally:
+            model.train(was_training)
 
     def random_map(self, seed: int = 0) -> float:
         """kNN mAP of a random trunk of the same architecture, initialised with ``seed``."""
@@ -301,4 +320,51 @@ def knn_probe(
     probe = KNNProbe(cfg, train_dataset, test_dataset, k, weighted)
     random_map = probe.random_map(random_seed)
     trained_map = probe.map_of(build_probe_model(probe.cfg, weights)) if weights else random_map
+    return KNNProbeResult(k, trained_map, random_map, probe.chance())
+
+
+def knn_probe_pretrainer(
+    cfg,
+    weights: Optional[str],
+    train_dataset: str,
+    test_dataset: str,
+    k: int = 20,
+    weighted: bool = True,
+    random_seed: int = 0,
+) -> KNNProbeResult:
+    """kNN probe of a pre-trainer's own inference features, next to it at random initialisation.
+
+    For trunks the ResNet classifier of :func:`knn_probe` cannot hold (local-global's ViT: its
+    inference gives the CLS token). The test transform is ``INPUT.MULTILABEL`` (set CROP_SIZE to
+    the pre-training global crop).
+
+    Args:
+        cfg: the pre-training config (``MODEL.META_ARCHITECTURE`` with an inference returning
+            ``"features"``).
+        weights: its training checkpoint; None probes only the random model (twice).
+        train_dataset, test_dataset, k, weighted, random_seed: as :func:`knn_probe`.
+
+    Returns:
+        the three mAPs.
+
+    Raises:
+        WeightsMismatchError: a ``backbone.*`` tensor is missing from ``weights``.
+    """
+    probe = KNNProbe(cfg, train_dataset, test_dataset, k, weighted)
+    pcfg = copy.deepcopy(cfg)
+    pcfg.defrost()
+    pcfg.MODEL.WEIGHTS = ""
+
+    def map_of(path: Optional[str]) -> float:
+        torch.manual_seed(random_seed)
+        model = build_model(pcfg)
+        if path:
+            checkpointer = AtomicDetectionCheckpointer(model)
+            checkpointer.load(path)
+            verify_loaded_weights(checkpointer.incompatible, model.state_dict().keys(), path,
+                                  "backbone.", cfg.MODEL.RESNETS.DEPTH)
+        return probe.map_of_pretrainer(model)
+
+    random_map = map_of(None)
+    trained_map = map_of(weights) if weights else random_map
     return KNNProbeResult(k, trained_map, random_map, probe.chance())

@@ -61,8 +61,8 @@ class KNNProbeHook(HookBase):
         if iteration % self._period and iteration != self._max_iter:
             return
         if comm.is_main_process() and self._probe is not None:
-            trunk = unwrap_model(self.trainer.model).backbone
-            value = self._run(lambda: self._probe.map_of_trunk(trunk))
+            model = unwrap_model(self.trainer.model)
+            value = self._run(lambda: self._probe.map_of_pretrainer(model))
             self.trainer.storage.put_scalars(
                 **{"probe/knn_map": value, **self._baseline}, smoothing_hint=False
             )

@@ -1,4 +1,5 @@
-"""Projection heads (every pre-trainer), prototypes and the cross-scale learner g_phi (SS-PRL)."""
+"""Projection heads (every pre-trainer), prototypes and the cross-scale learner g_phi (SS-PRL),
+and DINO's head (local-global)."""
 from typing import Sequence
 
 import torch
@@ -6,7 +7,14 @@ import torch.nn.functional as F
 from detectron2.layers import NaiveSyncBatchNorm
 from torch import nn
 
-__all__ = ["ProjectionHead", "Prototypes", "CrossScaleLearner", "build_norm_1d"]
+__all__ = [
+    "ProjectionHead",
+    "Prototypes",
+    "CrossScaleLearner",
+    "DINOHead",
+    "WeightNormLinear",
+    "build_norm_1d",
+]
 
 
 class _NaiveSyncBatchNorm1d(NaiveSyncBatchNorm):
@@ -111,3 +119,61 @@ def unique_modules(modules: Sequence[nn.Module]) -> list:
             seen.add(id(m))
             out.append(m)
     return out
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free linear layer with weight normalisation: W = g * V / ||V|| row-wise (DINO).
+
+    With ``learn_gain`` False, g is fixed to 1 (DINO's ``norm_last_layer``, which it recommends
+    for ViT-S stability): the output is x V^T with every row of V normalised.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_gain: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.gain = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.gain * F.normalize(self.weight, dim=1))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: 3-layer MLP (GELU), L2-normalised bottleneck, weight-normed output.
+
+    Applied token-wise, so one head serves the CLS token and the patch tokens.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        norm_last_layer: bool = True,
+    ):
+        """
+        Args:
+            in_dim: trunk width (384 for ViT-S).
+            out_dim: K, the number of output dimensions the softmax runs over.
+            hidden_dim, bottleneck_dim: MLP widths (DINO: 2048, 256).
+            norm_last_layer: fix the last layer's weight-norm gain to 1.
+        """
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_gain=not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) tokens -> (..., out_dim) logits."""
+        x = F.normalize(self.mlp(x), dim=-1, p=2)
+        return self.last_layer(x)

@@ -1,0 +1,47 @@
+"""Optimiser of fine-tuning (detection, semantic segmentation), composed by ``tools/train_net.py``.
+
+ResNet fine-tuning keeps Detectron2's default (SGD). ``SOLVER.SSPRL.OPTIMIZER: "AdamW"`` gives
+ViTDet's optimiser: AdamW, no weight decay on norms, biases and position embeddings, and
+layer-wise learning-rate decay over the ViT's blocks (``SOLVER.SSPRL.LAYER_DECAY``).
+"""
+from functools import partial
+
+import torch
+from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import build_optimizer, maybe_add_gradient_clipping
+from torch import nn
+
+__all__ = ["build_finetune_optimizer"]
+
+
+def build_finetune_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """ViTDet's AdamW with layer-wise lr decay when configured, else Detectron2's SGD.
+
+    Args:
+        cfg: the fine-tuning config.
+        model: the detector (a ViTDet backbone keeps its ViT under ``backbone.net.``).
+
+    Returns:
+        the optimiser; the lr schedule comes from Detectron2's ``build_lr_scheduler``.
+    """
+    s = cfg.SOLVER
+    if s.SSPRL.OPTIMIZER != "AdamW":
+        return build_optimizer(cfg, model)
+    lr_factor = None
+    if s.SSPRL.LAYER_DECAY < 1.0:
+        lr_factor = partial(
+            get_vit_lr_decay_rate, lr_decay_rate=s.SSPRL.LAYER_DECAY, num_layers=cfg.MODEL.VIT.DEPTH
+        )
+    params = get_default_optimizer_params(
+        model,
+        base_lr=s.BASE_LR,
+        weight_decay=s.WEIGHT_DECAY,
+        weight_decay_norm=s.WEIGHT_DECAY_NORM,
+        weight_decay_bias=0.0,
+        lr_factor_func=lr_factor,
+        overrides={"pos_embed": {"weight_decay": 0.0}},
+    )
+    return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+        params, lr=s.BASE_LR, betas=(0.9, 0.999), weight_decay=s.WEIGHT_DECAY
+    )

@@ -1,0 +1,318 @@
+"""Local-global patch matching on a ViT as a Detectron2 meta-architecture
+(``META_ARCHITECTURE: "LocalGlobal"``, METHODS.md section 5)."""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from torch import nn
+
+from ..data.augmentation import build_photometric
+from ..data.views import CropSpec, build_view_layout
+from .dino_loss import (
+    LOSS_AVERAGES,
+    entropy,
+    local_global_pair_loss,
+    pair_list,
+    teacher_probabilities,
+    update_center,
+)
+from .heads import DINOHead
+from .momentum import ema_update_, momentum_copy
+from .patch_matching import match_batch
+from .pretrainer import augmented_crop_groups, group_crops_by_size, put_scalars
+from .vit import build_timm_vit
+
+__all__ = ["LocalGlobal"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class LocalGlobal(nn.Module):
+    """DINO self-distillation on the CLS token and on geometrically matched patch tokens.
+
+    Student: ``backbone`` (a timm ViT, exported by ``tools/convert_weights.py``) and ``head`` (a
+    :class:`DINOHead` applied to every token). Teacher: their EMA copies ``teacher_backbone``,
+    ``teacher_head`` (no gradient), fed the global crops only. For every teacher global view t
+    and every other view s of an image the loss is the CLS cross-entropy plus the cross-entropy of
+    each pair of patch tokens covering the same part of the image
+    (:func:`~ssprl_d2.modeling.patch_matching.match_patches` on the crops' recorded boxes and
+    flips), combined by :func:`~ssprl_d2.modeling.dino_loss.local_global_pair_loss` and averaged
+    over pairs. The teacher's outputs are centred per token position: ``center`` has one row for
+    the CLS token and one for each patch position of the global grid (momentum 0.9).
+
+    The training hooks set ``teacher_temp`` (warm-up) and ``momentum`` (cosine) every iteration
+    and freeze :meth:`last_layer_modules` in the first epoch.
+
+    Training input: one dict per image with ``"crops"`` (uint8 CHW, layout order: the global crops
+    first), ``"boxes"`` (float [K, 4] x0 y0 x1 y1 in the source image), ``"flips"`` (bool [K]) and
+    ``"seed"``. Inference input: dicts with ``"image"`` (uint8 CHW RGB); output: one dict per
+    image with the CLS token's ``"features"``.
+    """
+
+    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
+    task = "pretrain"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        layout: Sequence[CropSpec],
+        num_global: int,
+        patch_size: int,
+        head_out_dim: int,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        center_momentum: float = 0.9,
+        momentum: float = 0.996,
+        patch_loss: bool = True,
+        loss_average: str = "tokens",
+        photometric: Optional[nn.Module] = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: the student ViT (``forward_features`` gives CLS + patch tokens, and an
+                ``embed_dim`` attribute).
+            layout: the scale-0 crops of an input's ``"crops"`` (no grid patches).
+            num_global: the first ``num_global`` crops are global views (teacher inputs).
+            patch_size: the ViT's patch side (a crop of side S has an (S / p)^2 grid).
+            head_out_dim, head_hidden_dim, head_bottleneck_dim, norm_last_layer: DINO head.
+            student_temp, teacher_temp: tau_s, tau_t (the hook warms tau_t up).
+            center_momentum: m_c of the per-position teacher centre.
+            momentum: lambda of the teacher EMA (the hook schedules it).
+            patch_loss: False keeps the CLS terms only (the CLS-only ablation, i.e. DINO).
+            loss_average: "tokens" or "terms", see :func:`local_global_pair_loss`.
+            photometric: batched photometric augmentation on the training device, or None when
+                the data workers applied it.
+            pixel_mean, pixel_std: RGB normalisation on the 0-255 scale.
+        """
+        super().__init__()
+        if any(spec.scale != 0 for spec in layout):
+            raise ValueError("LocalGlobal takes scale-0 crops only: set INPUT.SSPRL.GRIDS []")
+        if not 1 <= num_global <= len(layout):
+            raise ValueError(f"num_global {num_global} outside 1..{len(layout)}")
+        if len({spec.size for spec in layout[:num_global]}) != 1:
+            raise ValueError("the global crops must share one size (INPUT.SSPRL.SIZE_CROPS[0])")
+        for spec in layout:
+            if spec.size % patch_size:
+                raise ValueError(
+                    f"crop side {spec.size} is not a multiple of MODEL.VIT.PATCH_SIZE {patch_size}"
+                )
+        if loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"MODEL.LOCALGLOBAL.LOSS_AVERAGE must be one of {LOSS_AVERAGES}")
+        self.backbone = backbone
+        self.head = DINOHead(
+            backbone.embed_dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
+            norm_last_layer,
+        )
+        self.teacher_backbone = momentum_copy(self.backbone)
+        self.teacher_head = momentum_copy(self.head)
+        self.layout = list(layout)
+        self.num_global = num_global
+        self.patch_size = patch_size
+        self.grids = [spec.size // patch_size for spec in self.layout]
+        global_tokens = 1 + self.grids[0] ** 2
+        # c: one row per token position of a global view (CLS first), checkpointed
+        self.register_buffer("center", torch.zeros(global_tokens, head_out_dim))
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.center_momentum = center_momentum
+        self.momentum = momentum
+        self.patch_loss = patch_loss
+        self.loss_average = loss_average
+        self.photometric = photometric
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.size_groups = group_crops_by_size(self.layout)
+        self.pairs = pair_list(num_global, len(self.layout))
+
+    @classmethod
+    def from_config(cls, cfg):
+        c, ci, v = cfg.MODEL.LOCALGLOBAL, cfg.INPUT.SSPRL, cfg.MODEL.VIT
+        if not ci.RECORD_BOXES and c.PATCH_LOSS:
+            raise ValueError("patch matching needs the crops' boxes: set INPUT.SSPRL.RECORD_BOXES")
+        backbone = build_timm_vit(
+            img_size=v.PRETRAIN_IMG_SIZE,
+            patch_size=v.PATCH_SIZE,
+            embed_dim=v.EMBED_DIM,
+            depth=v.DEPTH,
+            num_heads=v.NUM_HEADS,
+            mlp_ratio=v.MLP_RATIO,
+            drop_path_rate=v.DROP_PATH_RATE,
+        )
+        if v.PRETRAIN_IMG_SIZE != ci.SIZE_CROPS[0]:
+            raise ValueError(
+                f"MODEL.VIT.PRETRAIN_IMG_SIZE {v.PRETRAIN_IMG_SIZE} must equal the global crop "
+                f"side INPUT.SSPRL.SIZE_CROPS[0] {ci.SIZE_CROPS[0]}"
+            )
+        return {
+            "backbone": backbone,
+            "layout": build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, [], []),
+            "num_global": ci.NMB_CROPS[0],
+            "patch_size": v.PATCH_SIZE,
+            "head_out_dim": c.HEAD_OUT_DIM,
+            "head_hidden_dim": c.HEAD_HIDDEN_DIM,
+            "head_bottleneck_dim": c.HEAD_BOTTLENECK_DIM,
+            "norm_last_layer": c.NORM_LAST_LAYER,
+            "student_temp": c.STUDENT_TEMP,
+            "teacher_temp": c.WARMUP_TEACHER_TEMP,
+            "center_momentum": c.CENTER_MOMENTUM,
+            "momentum": c.MOMENTUM,
+            "patch_loss": c.PATCH_LOSS,
+            "loss_average": c.LOSS_AVERAGE,
+            "photometric": build_photometric(cfg, "model"),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------ what the pre-training hooks ask for
+    def prototype_modules(self) -> List[nn.Module]:
+        """None: no prototypes to normalise (the last layer is weight-normalised itself)."""
+        return []
+
+    def last_layer_modules(self) -> List[nn.Module]:
+        """The head's last layer, frozen in the first epoch (DINO)."""
+        return [self.head.last_layer]
+
+    def queue_modules(self) -> List[nn.Module]:
+        """None: no queues."""
+        return []
+
+    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Empty: the centre is all-reduced, equal on all ranks."""
+        return {}
+
+    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Accept only the empty state :meth:`rank_state_dict` writes."""
+        if state:
+            raise ValueError(f"LocalGlobal keeps no per-process state; got keys {sorted(state)}")
+
+    def reset_rank_state(self) -> None:
+        """Nothing to reset."""
+
+    # ---------------------------------------------------------------- forward
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * 255.0 - self.pixel_mean) / self.pixel_std
+
+    def _views(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
+        # one (B, 3, S, S) normalised tensor per layout entry, augmented on the device
+        batch = len(batched_inputs)
+        views: List[Optional[torch.Tensor]] = [None] * len(self.layout)
+        groups = augmented_crop_groups(
+            batched_inputs, self.size_groups, self.photometric, self.device
+        )
+        for indices, crops in groups:
+            crops = self._normalize(crops)
+            for k, i in enumerate(indices):
+                views[i] = crops[k * batch : (k + 1) * batch]
+        return views  # type: ignore[return-value]
+
+    def _geometry(self, batched_inputs: List[dict]):
+        if "boxes" not in batched_inputs[0]:
+            raise ValueError(
+                "inputs carry no crop boxes: set INPUT.SSPRL.RECORD_BOXES True for LocalGlobal"
+            )
+        boxes = torch.stack([x["boxes"] for x in batched_inputs]).tolist()  # B x K x 4
+        flips = torch.stack([x["flips"] for x in batched_inputs]).tolist()  # B x K
+        return boxes, flips
+
+    def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        batch = len(batched_inputs)
+        views = self._views(batched_inputs)
+        # the teacher follows the student's latest weights before it makes this step's targets
+        ema_update_(self.teacher_backbone, self.backbone, self.momentum)
+        ema_update_(self.teacher_head, self.head, self.momentum)
+
+        with torch.no_grad():
+            t_logits = self.teacher_head(
+                self.teacher_backbone.forward_features(torch.cat(views[: self.num_global]))
+            )  # (G * B, T, K)
+            t_probs = teacher_probabilities(t_logits, self.center, self.teacher_temp)
+            t_probs = t_probs.view(self.num_global, batch, *t_probs.shape[1:])
+
+        student_logp: List[Optional[torch.Tensor]] = [None] * len(self.layout)
+        for _, indices in self.size_groups.items():
+            tokens = self.backbone.forward_features(torch.cat([views[i] for i in indices]))
+            logp = F.log_softmax(self.head(tokens).float() / self.student_temp, dim=-1)
+            for k, i in enumerate(indices):
+                student_logp[i] = logp[k * batch : (k + 1) * batch]
+
+        matched: List[int] = []
+        losses = []
+        geometry = self._geometry(batched_inputs) if self.patch_loss else None
+        for t, s in self.pairs:
+            matches = [((), ())] * batch
+            if geometry is not None:
+                boxes, flips = geometry
+                matches = match_batch(
+                    [b[t] for b in boxes], [f[t] for f in flips], self.grids[t],
+                    [b[s] for b in boxes], [f[s] for f in flips], self.grids[s],
+                )
+            matched.extend(len(m[0]) for m in matches)
+            losses.append(
+                local_global_pair_loss(
+                    t_probs[t], student_logp[s], matches, self.loss_average, self.patch_loss
+                )
+            )
+        loss = torch.stack(losses).mean()
+        update_center(self.center, t_logits, self.center_momentum)
+        self._put_metrics(t_probs, student_logp, matched)
+        return {"loss_local_global": loss}
+
+    @torch.no_grad()
+    def _put_metrics(
+        self, t_probs: torch.Tensor, student_logp: List[torch.Tensor], matched: List[int]
+    ) -> None:
+        cls = t_probs[:, :, 0].flatten(0, 1)
+        # the CLS part alone (DINO's loss), to tell the image-level from the patch-level terms
+        cls_loss = torch.stack(
+            [local_global_pair_loss(t_probs[t], student_logp[s], (), patches=False)
+             for t, s in self.pairs]
+        ).mean()
+        patches = t_probs[:, :, 1:].flatten(0, 2)
+        # collapse signals: per-sample entropy -> 0 when sharpening wins, batch-mean entropy
+        # -> 0 when every image gets the same output (both near ln K: uniform collapse)
+        metrics = {
+            "localglobal/cls_loss": float(cls_loss),
+            "localglobal/teacher_entropy": float(entropy(cls).mean()),
+            "localglobal/teacher_patch_entropy": float(entropy(patches).mean()),
+            "localglobal/teacher_batch_entropy": float(entropy(cls.mean(0))),
+            "localglobal/teacher_temp": float(self.teacher_temp),
+            "localglobal/momentum": float(self.momentum),
+        }
+        if self.patch_loss:  # the CLS-only ablation matches nothing
+            metrics["localglobal/matched_pairs"] = float(sum(matched)) / max(len(matched), 1)
+            metrics["localglobal/no_overlap_fraction"] = (
+                sum(1 for m in matched if m == 0) / max(len(matched), 1)
+            )
+        put_scalars(**metrics)
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[dict]) -> List[dict]:
+        """The student's CLS token of whole images (for feature extraction and probes).
+
+        Args:
+            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
+
+        Returns:
+            one dict per image with ``"features"`` (embed_dim,).
+        """
+        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device).float()
+        images = (images - self.pixel_mean) / self.pixel_std
+        cls = self.backbone.forward_features(images)[:, 0]
+        return [{"features": f} for f in cls]
