@@ -1,7 +1,7 @@
 """Local-global patch matching on a ViT as a Detectron2 meta-architecture
 (``META_ARCHITECTURE: "LocalGlobal"``, METHODS.md section 5)."""
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from .dino_loss import (
 from .heads import DINOHead
 from .momentum import ema_update_, momentum_copy
 from .patch_matching import match_batch
-from .pretrainer import augmented_crop_groups, group_crops_by_size, put_scalars
+from .pretrainer import NoRankStateMixin, group_crops_by_size, normalized_views, put_scalars
 from .vit import build_timm_vit
 
 __all__ = ["LocalGlobal"]
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class LocalGlobal(nn.Module):
+class LocalGlobal(NoRankStateMixin, nn.Module):
     """DINO self-distillation on the CLS token and on geometrically matched patch tokens.
 
     Student: ``backbone`` (a timm ViT, exported by ``tools/convert_weights.py``) and ``head`` (a
@@ -187,39 +187,7 @@ class LocalGlobal(nn.Module):
         """The head's last layer, frozen in the first epoch (DINO)."""
         return [self.head.last_layer]
 
-    def queue_modules(self) -> List[nn.Module]:
-        """None: no queues."""
-        return []
-
-    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Empty: the centre is all-reduced, equal on all ranks."""
-        return {}
-
-    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        """Accept only the empty state :meth:`rank_state_dict` writes."""
-        if state:
-            raise ValueError(f"LocalGlobal keeps no per-process state; got keys {sorted(state)}")
-
-    def reset_rank_state(self) -> None:
-        """Nothing to reset."""
-
     # ---------------------------------------------------------------- forward
-    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images * 255.0 - self.pixel_mean) / self.pixel_std
-
-    def _views(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
-        # one (B, 3, S, S) normalised tensor per layout entry, augmented on the device
-        batch = len(batched_inputs)
-        views: List[Optional[torch.Tensor]] = [None] * len(self.layout)
-        groups = augmented_crop_groups(
-            batched_inputs, self.size_groups, self.photometric, self.device
-        )
-        for indices, crops in groups:
-            crops = self._normalize(crops)
-            for k, i in enumerate(indices):
-                views[i] = crops[k * batch : (k + 1) * batch]
-        return views  # type: ignore[return-value]
-
     def _geometry(self, batched_inputs: List[dict]):
         if "boxes" not in batched_inputs[0]:
             raise ValueError(
@@ -233,7 +201,9 @@ class LocalGlobal(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         batch = len(batched_inputs)
-        views = self._views(batched_inputs)
+        views = normalized_views(
+            batched_inputs, self.size_groups, self.photometric, self.pixel_mean, self.pixel_std
+        )
         # the teacher follows the student's latest weights before it makes this step's targets
         ema_update_(self.teacher_backbone, self.backbone, self.momentum)
         ema_update_(self.teacher_head, self.head, self.momentum)

@@ -22,9 +22,10 @@ from .mls_loss import (
 )
 from .momentum import ema_update_, momentum_copy
 from .pretrainer import (
-    augmented_crop_groups,
+    NoRankStateMixin,
     group_crops_by_size,
     inference_features,
+    normalized_views,
     pooled_trunk_features,
     put_scalars,
 )
@@ -57,7 +58,7 @@ def multi_hot(category_ids: Sequence[Sequence[int]], num_classes: int) -> torch.
 
 
 @META_ARCH_REGISTRY.register()
-class MLS(nn.Module):
+class MLS(NoRankStateMixin, nn.Module):
     """Multi-Label Self-supervised learning (Zhu et al., ICCV 2023) on a Detectron2 ResNet trunk.
 
     MoCo v2 skeleton: the query encoder is ``backbone`` (exported by ``tools/convert_weights.py``)
@@ -200,39 +201,7 @@ class MLS(nn.Module):
         """None: MLS has no prototypes."""
         return []
 
-    def queue_modules(self) -> List[nn.Module]:
-        """None switched by an epoch: the dictionaries fill from the first step."""
-        return []
-
-    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Empty: the dictionaries are filled with every process's keys, equal on all ranks."""
-        return {}
-
-    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        """Accept only the empty state :meth:`rank_state_dict` writes."""
-        if state:
-            raise ValueError(f"MLS keeps no per-process state; got keys {sorted(state)}")
-
-    def reset_rank_state(self) -> None:
-        """Nothing to reset: the dictionaries hold every process's keys whatever the world."""
-
     # ---------------------------------------------------------------- encoders
-    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images * 255.0 - self.pixel_mean) / self.pixel_std
-
-    def _views(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
-        # two (B, 3, S, S) normalised views, augmented on the device as SS-PRL's crops
-        batch = len(batched_inputs)
-        views: List[Optional[torch.Tensor]] = [None, None]
-        groups = augmented_crop_groups(
-            batched_inputs, self.size_groups, self.photometric, self.device
-        )
-        for indices, crops in groups:
-            crops = self._normalize(crops)
-            for k, i in enumerate(indices):
-                views[i] = crops[k * batch : (k + 1) * batch]
-        return views  # type: ignore[return-value]
-
     def _query(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         g = pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
         return g, self.head(g)
@@ -255,7 +224,9 @@ class MLS(nn.Module):
             return self.inference(batched_inputs)
         self.skipped_images += sum(int(x.get("skipped", 0)) for x in batched_inputs)
         seed = batched_inputs[0].get("seed")
-        views = self._views(batched_inputs)
+        views = normalized_views(
+            batched_inputs, self.size_groups, self.photometric, self.pixel_mean, self.pixel_std
+        )
         # MoCo: the key encoder moves before it encodes this step's keys
         ema_update_(self.key_backbone, self.backbone, self.momentum)
         ema_update_(self.key_head, self.head, self.momentum)

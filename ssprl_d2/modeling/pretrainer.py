@@ -20,6 +20,8 @@ __all__ = [
     "inference_features",
     "group_crops_by_size",
     "augmented_crop_groups",
+    "normalized_views",
+    "NoRankStateMixin",
     "pooled_trunk_features",
     "put_scalars",
 ]
@@ -80,6 +82,57 @@ def augmented_crop_groups(
                 "INPUT.SSPRL.PHOTOMETRIC_ON must match between the data loader and the model"
             )
         yield indices, crops
+
+
+def normalized_views(
+    batched_inputs: List[dict],
+    size_groups: "OrderedDict[int, List[int]]",
+    photometric: Optional[nn.Module],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+) -> List[torch.Tensor]:
+    """Every layout position's crops as one normalised (B, 3, S, S) batch, augmented on device.
+
+    Args:
+        batched_inputs, size_groups, photometric: as :func:`augmented_crop_groups`.
+        pixel_mean, pixel_std: (3, 1, 1) RGB statistics on the 0-255 scale, on the device.
+
+    Returns:
+        views[i] for layout index i.
+    """
+    batch = len(batched_inputs)
+    views: List[Optional[torch.Tensor]] = [None] * sum(len(v) for v in size_groups.values())
+    groups = augmented_crop_groups(batched_inputs, size_groups, photometric, pixel_mean.device)
+    for indices, crops in groups:
+        crops = (crops * 255.0 - pixel_mean) / pixel_std
+        for k, i in enumerate(indices):
+            views[i] = crops[k * batch : (k + 1) * batch]
+    return views  # type: ignore[return-value]
+
+
+class NoRankStateMixin:
+    """The hooks' per-process API for a pre-trainer whose state is equal on every rank.
+
+    No queues switched by an epoch, nothing per process in the checkpoint, nothing to reset.
+    """
+
+    def queue_modules(self) -> List[nn.Module]:
+        """None."""
+        return []
+
+    def rank_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Empty: every buffer is equal on all ranks."""
+        return {}
+
+    def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Accept only the empty state :meth:`rank_state_dict` writes."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no per-process state; got keys {sorted(state)}"
+            )
+
+    def reset_rank_state(self) -> None:
+        """Nothing to reset."""
 
 
 def pooled_trunk_features(
