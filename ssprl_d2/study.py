@@ -2,9 +2,21 @@
 
 Every variant is a set of config overrides on the CPU pre-training schedule, so the study runs
 exactly what a user runs; ``tools/run_study.py`` drives the runs and writes the results.
+
+The study is resumable: every evaluation job of a (variant, seed) run writes
+``<run_dir>/<job>/result.json`` (its metrics and the settings that made them) atomically, and
+:func:`cached_result` reads a finished job back instead of computing it again;
+:func:`pretrained_checkpoint` does the same for a pre-training's ``model_final.pth``.
 """
+import glob
+import json
+import logging
 import math
-from typing import Dict, List, Mapping, Sequence
+import os
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from .atomic import atomic_write_bytes
 
 __all__ = [
     "VARIANTS",
@@ -18,7 +30,20 @@ __all__ = [
     "aggregate",
     "markdown_table",
     "mean_std",
+    "PROTOCOL_JOBS",
+    "PROTOCOLS",
+    "EVAL_JOBS",
+    "RESULT_FILE",
+    "StaleResultError",
+    "run_dir",
+    "read_result",
+    "cached_result",
+    "pretrained_checkpoint",
+    "evaluate_run",
+    "finished_records",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SCALE0_ONLY = [
     "INPUT.SSPRL.GRIDS", "[]",
@@ -48,6 +73,29 @@ PRETRAINED_VARIANTS = [name for name, opts in VARIANTS.items() if opts is not No
 DEFAULT_PRETRAIN_CONFIG = "ssprl_R_18_cpu_synthetic.yaml"
 PRETRAIN_CONFIGS: Dict[str, str] = {"MLS": "mls_R_18_cpu_synthetic.yaml"}
 
+# protocol (a table column) -> the evaluation job that measures it; one Mask R-CNN fine-tune
+# gives both box and mask AP
+PROTOCOL_JOBS: Dict[str, str] = {
+    "linear mAP": "linear",
+    "semi-sup 10% mAP": "semi-sup",
+    "kNN mAP": "knn",
+    "box AP": "maskrcnn",
+    "mask AP": "maskrcnn",
+}
+PROTOCOLS = list(PROTOCOL_JOBS)
+# job -> (config under configs/quick_schedules/, its fixed overrides); the 10% subset is the same
+# for every run (SUBSET_SEED 0); the kNN probe takes the linear config's trunk and test crops
+EVAL_JOBS: Dict[str, tuple] = {
+    "linear": ("multilabel_linear_R_18_cpu_synthetic.yaml", []),
+    "semi-sup": (
+        "multilabel_semisup_R_18_cpu_synthetic.yaml",
+        ["DATASETS.MULTILABEL.TRAIN_FRACTION", "0.1", "DATASETS.MULTILABEL.SUBSET_SEED", "0"],
+    ),
+    "knn": ("multilabel_linear_R_18_cpu_synthetic.yaml", []),
+    "maskrcnn": ("mask_rcnn_R_18_FPN_cpu_synthetic.yaml", []),
+}
+RESULT_FILE = "result.json"
+_SPEC_FILE = "spec.json"
 
 # the ViT section: random init against local-global pre-training and its CLS-only ablation (DINO,
 # no patch matching: what the method's claim rests on), same budget and seeds, on the tiny-ViT
@@ -102,3 +150,160 @@ def markdown_table(summary: Mapping, protocols: Sequence[str]) -> str:
             cells.append(f"{s['mean']:.1f} +- {s['std']:.1f} (n={s['n']})" if s else "-")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+class StaleResultError(RuntimeError):
+    """A finished result or pre-training in the output folder was made with other settings."""
+
+
+def run_dir(out: str, variant: str, seed: int) -> str:
+    """Folder of one (variant, seed) run: ``<out>/seed<seed>/<variant as a file name>``."""
+    tag = re.sub(r"[(),]", "", variant).replace(" ", "_")
+    return os.path.join(out, f"seed{seed}", tag)
+
+
+def _json_roundtrip(spec: Mapping) -> Any:
+    # tuples become lists: a spec compares equal to the one read back from disk
+    return json.loads(json.dumps(spec))
+
+
+def _check_spec(found: Any, spec: Mapping, path: str) -> None:
+    if found != _json_roundtrip(spec):
+        raise StaleResultError(
+            f"{path} was made with {found}, this study asks for {_json_roundtrip(spec)}: "
+            "use another --out, or delete that folder to recompute it"
+        )
+
+
+def read_result(job_dir: str, spec: Mapping) -> Optional[Dict[str, float]]:
+    """The metrics of a finished job, or None when ``<job_dir>/result.json`` does not exist.
+
+    Args:
+        job_dir: the job's folder.
+        spec: the settings the job runs with (JSON-able); must equal the stored ones.
+
+    Raises:
+        StaleResultError: the stored result was made with other settings.
+    """
+    path = os.path.join(job_dir, RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    _check_spec(data["spec"], spec, path)
+    return {k: float(v) for k, v in data["metrics"].items()}
+
+
+def cached_result(
+    job_dir: str, spec: Mapping, compute: Callable[[], Mapping[str, float]]
+) -> Dict[str, float]:
+    """A job's metrics: read back when finished, else ``compute()`` and stored atomically.
+
+    Args:
+        job_dir: the job's folder; ``result.json`` in it marks the job finished.
+        spec: the settings of the job (JSON-able), stored with the metrics and checked on read.
+        compute: runs the job; returns {protocol: metric}.
+
+    Returns:
+        {protocol: metric}.
+    """
+    done = read_result(job_dir, spec)
+    if done is not None:
+        logger.info(f"finished earlier: {os.path.join(job_dir, RESULT_FILE)}")
+        return done
+    metrics = {k: float(v) for k, v in compute().items()}
+    payload = {"spec": _json_roundtrip(spec), "metrics": metrics}
+    atomic_write_bytes(os.path.join(job_dir, RESULT_FILE), json.dumps(payload, indent=1).encode())
+    return metrics
+
+
+def pretrained_checkpoint(pre_dir: str, spec: Mapping, pretrain: Callable[[], None]) -> str:
+    """``<pre_dir>/model_final.pth``, pre-training first unless it exists.
+
+    ``pretrain`` must resume from ``pre_dir``'s last checkpoint (``resume_or_load(resume=True)``
+    with ``OUTPUT_DIR`` = ``pre_dir``), so an interrupted pre-training continues. The settings are
+    stored in ``<pre_dir>/spec.json`` before it starts; once ``model_final.pth`` exists the
+    intermediate checkpoints are deleted.
+
+    Raises:
+        StaleResultError: ``pre_dir`` holds a pre-training with other settings.
+        RuntimeError: ``pretrain`` returned without writing ``model_final.pth``.
+    """
+    spec_path = os.path.join(pre_dir, _SPEC_FILE)
+    if os.path.isfile(spec_path):
+        with open(spec_path) as f:
+            _check_spec(json.load(f), spec, spec_path)
+    else:
+        atomic_write_bytes(spec_path, json.dumps(_json_roundtrip(spec), indent=1).encode())
+    final = os.path.join(pre_dir, "model_final.pth")
+    if not os.path.isfile(final):
+        pretrain()
+        if not os.path.isfile(final):
+            raise RuntimeError(f"pre-training wrote no {final}")
+    for path in glob.glob(os.path.join(pre_dir, "model_[0-9]*.pth")):
+        os.remove(path)
+    return final
+
+
+def _jobs(protocols: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys(PROTOCOL_JOBS[p] for p in protocols))
+
+
+def _records(variant: str, seed: int, protocols: Sequence[str], job: str,
+             metrics: Mapping[str, float]) -> List[Dict]:
+    return [{"variant": variant, "seed": seed, "protocol": p, "mAP": metrics[p]}
+            for p in protocols if PROTOCOL_JOBS[p] == job]
+
+
+def evaluate_run(
+    variant: str,
+    seed: int,
+    directory: str,
+    protocols: Sequence[str],
+    spec: Callable[[str], Mapping],
+    run: Callable[[str], Mapping[str, float]],
+) -> List[Dict]:
+    """The records of one (variant, seed) run: every job once, finished ones read back.
+
+    Args:
+        variant, seed: the run.
+        directory: the run's folder (:func:`run_dir`); job ``j`` lives in ``<directory>/<j>``.
+        protocols: names in :data:`PROTOCOLS`.
+        spec: job name -> its settings (JSON-able).
+        run: job name -> {protocol: metric} of a fresh run of the job (pre-training on demand).
+
+    Returns:
+        Records ``{"variant", "seed", "protocol", "mAP"}`` in the order of ``protocols``' jobs.
+    """
+    records: List[Dict] = []
+    for job in _jobs(protocols):
+        metrics = cached_result(os.path.join(directory, job), spec(job), lambda j=job: run(j))
+        records += _records(variant, seed, protocols, job, metrics)
+    return records
+
+
+def finished_records(
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    protocols: Sequence[str],
+    out: str,
+    spec: Callable[[str, int, str], Mapping],
+) -> List[Dict]:
+    """The records of every finished job under ``out``, computing nothing.
+
+    A result made with other settings than ``spec(variant, seed, job)`` is left out with a
+    warning, so the table never mixes budgets.
+    """
+    records: List[Dict] = []
+    for seed in seeds:
+        for variant in variants:
+            for job in _jobs(protocols):
+                job_dir = os.path.join(run_dir(out, variant, seed), job)
+                try:
+                    metrics = read_result(job_dir, spec(variant, seed, job))
+                except StaleResultError as e:
+                    logger.warning(f"left out of the table: {e}")
+                    continue
+                if metrics is not None:
+                    records += _records(variant, seed, protocols, job, metrics)
+    return records

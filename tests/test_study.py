@@ -1,15 +1,26 @@
+import importlib.util
+import json
+import os
+
 import pytest
 import torch
 from detectron2.modeling import build_model
-from util import random_batch, tiny_cfg
+from util import REPO, random_batch, tiny_cfg
 
 from ssprl_d2.study import (
     DEFAULT_PRETRAIN_CONFIG,
     PRETRAINED_VARIANTS,
+    RESULT_FILE,
     VARIANTS,
+    StaleResultError,
     aggregate,
+    cached_result,
+    evaluate_run,
+    finished_records,
     markdown_table,
     pretrain_config,
+    pretrained_checkpoint,
+    run_dir,
 )
 
 
@@ -79,3 +90,103 @@ def test_vit_variants_are_local_global_and_its_cls_only_ablation():
         cfg.merge_from_file(os.path.join(quick, VIT_PRETRAIN_CONFIG))
         cfg.merge_from_list(VIT_VARIANTS[variant] + ["MODEL.VIT.DEPTH", "1"])
         assert build_model(cfg).patch_loss is patch_loss
+
+
+def test_a_finished_job_is_read_back_and_not_run_again(tmp_path):
+    calls = []
+
+    def run(job):
+        calls.append(job)
+        return {"box AP": 1.0, "mask AP": 2.0} if job == "maskrcnn" else {"kNN mAP": 3.0}
+
+    spec = lambda job: {"job": job, "iters": 5}  # noqa: E731
+    protocols = ["kNN mAP", "box AP", "mask AP"]
+    first = evaluate_run("v", 0, str(tmp_path), protocols, spec, run)
+    assert calls == ["knn", "maskrcnn"]  # one fine-tune gives box and mask AP
+    assert (tmp_path / "maskrcnn" / RESULT_FILE).is_file()
+    again = evaluate_run("v", 0, str(tmp_path), protocols, spec, run)
+    assert calls == ["knn", "maskrcnn"] and again == first
+    assert [(r["protocol"], r["mAP"]) for r in first] == [
+        ("kNN mAP", 3.0), ("box AP", 1.0), ("mask AP", 2.0)]
+
+
+def test_a_fake_finished_result_is_read_back(tmp_path):
+    directory = run_dir(str(tmp_path), "SwAV (scale 0 only)", 1)
+    assert directory == str(tmp_path / "seed1" / "SwAV_scale_0_only")
+    job = tmp_path / "seed1" / "SwAV_scale_0_only" / "linear"
+    job.mkdir(parents=True)
+    spec = {"opts": ("SOLVER.MAX_ITER", "60")}  # a tuple compares equal to the JSON list
+    (job / RESULT_FILE).write_text(json.dumps({"spec": {"opts": ["SOLVER.MAX_ITER", "60"]},
+                                               "metrics": {"linear mAP": 42.5}}))
+
+    def must_not_run():
+        raise AssertionError("a finished job ran again")
+
+    assert cached_result(str(job), spec, must_not_run) == {"linear mAP": 42.5}
+    with pytest.raises(StaleResultError, match="another --out"):
+        cached_result(str(job), {"opts": ["SOLVER.MAX_ITER", "800"]}, must_not_run)
+    # the table: finished jobs only, stale ones left out
+    records = finished_records(["random init", "SwAV (scale 0 only)"], [0, 1],
+                               ["linear mAP", "kNN mAP"], str(tmp_path), lambda v, s, j: spec)
+    assert records == [{"variant": "SwAV (scale 0 only)", "seed": 1, "protocol": "linear mAP",
+                        "mAP": 42.5}]
+    assert finished_records(["SwAV (scale 0 only)"], [1], ["linear mAP"], str(tmp_path),
+                            lambda v, s, j: {"opts": []}) == []
+
+
+def test_pretraining_runs_once_and_keeps_only_the_final_checkpoint(tmp_path):
+    pre = tmp_path / "pretrain"
+    calls = []
+
+    def pretrain():
+        calls.append(1)
+        (pre / "model_0000199.pth").write_bytes(b"x")
+        (pre / "model_final.pth").write_bytes(b"x")
+
+    spec = {"iters": 800}
+    final = pretrained_checkpoint(str(pre), spec, pretrain)
+    assert final == str(pre / "model_final.pth") and calls == [1]
+    assert not (pre / "model_0000199.pth").exists()
+    assert pretrained_checkpoint(str(pre), spec, pretrain) == final and calls == [1]
+    with pytest.raises(StaleResultError):
+        pretrained_checkpoint(str(pre), {"iters": 80}, pretrain)
+    with pytest.raises(RuntimeError, match="model_final"):
+        pretrained_checkpoint(str(tmp_path / "other"), spec, lambda: None)
+
+
+def _run_study():
+    spec = importlib.util.spec_from_file_location(
+        "run_study", os.path.join(REPO, "tools", "run_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("flag,valid", [("--variants", "MLS"), ("--protocols", "kNN mAP")])
+def test_unknown_variant_or_protocol_is_an_argparse_error(flag, valid, capsys):
+    with pytest.raises(SystemExit) as e:
+        _run_study().main([flag, valid, "bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err
+    assert ("'SS-PRL (full)'" if flag == "--variants" else "'kNN mAP'") in err
+
+
+def test_random_init_knn_study_end_to_end_and_resumed(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    argv = ["--variants", "random init", "--protocols", "kNN mAP", "--seeds", "0",
+            "--out", str(out), "--results", str(results)]
+    study = _run_study()
+    assert study.main(argv) == 0
+    stored = json.loads((out / "seed0" / "random_init" / "knn" / "result.json").read_text())
+    assert set(stored["metrics"]) == {"kNN mAP"}
+    table = (results / "study.md").read_text()
+    assert "| variant | kNN mAP |" in table and "| random init |" in table and "(n=1)" in table
+
+    def must_not_run(*args):
+        raise AssertionError("a finished job ran again")
+
+    study.knn_map = must_not_run
+    assert study.main(argv) == 0
+    summary = json.loads((results / "study.json").read_text())["summary"]
+    assert summary["random init"]["kNN mAP"]["mean"] == stored["metrics"]["kNN mAP"]
