@@ -226,13 +226,19 @@ def pretrained_checkpoint(pre_dir: str, spec: Mapping, pretrain: Callable[[], No
     intermediate checkpoints are deleted.
 
     Raises:
-        StaleResultError: ``pre_dir`` holds a pre-training with other settings.
+        StaleResultError: ``pre_dir`` holds a pre-training with other or unrecorded settings.
         RuntimeError: ``pretrain`` returned without writing ``model_final.pth``.
     """
     spec_path = os.path.join(pre_dir, _SPEC_FILE)
     if os.path.isfile(spec_path):
         with open(spec_path) as f:
             _check_spec(json.load(f), spec, spec_path)
+    elif os.path.isfile(os.path.join(pre_dir, "last_checkpoint")):
+        # e.g. a study from before settings were recorded: its budget is unknown
+        raise StaleResultError(
+            f"{pre_dir} holds a pre-training without {_SPEC_FILE}: use another --out, or delete "
+            "that folder to recompute it"
+        )
     else:
         atomic_write_bytes(spec_path, json.dumps(_json_roundtrip(spec), indent=1).encode())
     final = os.path.join(pre_dir, "model_final.pth")

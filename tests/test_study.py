@@ -152,6 +152,13 @@ def test_pretraining_runs_once_and_keeps_only_the_final_checkpoint(tmp_path):
         pretrained_checkpoint(str(pre), {"iters": 80}, pretrain)
     with pytest.raises(RuntimeError, match="model_final"):
         pretrained_checkpoint(str(tmp_path / "other"), spec, lambda: None)
+    # checkpoints of an unknown budget (no spec.json) are not taken for this one
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "last_checkpoint").write_text("model_final.pth")
+    (old / "model_final.pth").write_bytes(b"x")
+    with pytest.raises(StaleResultError, match="without spec.json"):
+        pretrained_checkpoint(str(old), spec, pretrain)
 
 
 def _run_study():
