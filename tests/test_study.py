@@ -179,6 +179,14 @@ def test_unknown_variant_or_protocol_is_an_argparse_error(flag, valid, capsys):
     assert ("'SS-PRL (full)'" if flag == "--variants" else "'kNN mAP'") in err
 
 
+def test_help_lists_variants_and_protocols(capsys):
+    with pytest.raises(SystemExit) as e:
+        _run_study().main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "'semi-sup 10% mAP'" in out and "'MLS'" in out
+
+
 def test_random_init_knn_study_end_to_end_and_resumed(tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
     argv = ["--variants", "random init", "--protocols", "kNN mAP", "--seeds", "0",

@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=list(VARIANTS), **_names(VARIANTS),
                    help="variants to run (default: all): " + ", ".join(map(repr, VARIANTS)))
     p.add_argument("--protocols", default=list(PROTOCOLS), **_names(PROTOCOLS),
-                   help="evaluations to run (default: all): " + ", ".join(map(repr, PROTOCOLS)))
+                   help="evaluations to run (default: all): "
+                        + ", ".join(map(repr, PROTOCOLS)).replace("%", "%%"))
     p.add_argument("--pretrain-iters", type=int, default=None,
                    help="pre-training iterations (default 800; ViT section: 150)")
     p.add_argument("--eval-iters", type=int, default=None,
@@ -247,8 +248,10 @@ def main(argv=None) -> int:
                         "Mask R-CNN iterations, default 200)")
     p.add_argument("--det-iters", type=int, default=None,
                    help="Mask R-CNN fine-tuning iterations (default: the config's MAX_ITER)")
-    p.add_argument("--out", default=os.path.join("output", "study"))
-    p.add_argument("--results", default=os.path.join(REPO, "results"))
+    p.add_argument("--out", default=os.path.join("output", "study"),
+                   help="run folders; a rerun with the same arguments continues there")
+    p.add_argument("--results", default=os.path.join(REPO, "results"),
+                   help="where study.json and study.md (ViT: study_vit.*) are written")
     p.add_argument("--vit", action="store_true", help="the ViT section instead")
     args = p.parse_args(argv)
     train_net = _train_net()
