@@ -16,6 +16,7 @@ from ssprl_d2.data.build import build_multilabel_test_loader
 from ssprl_d2.data.datasets import register_coco_format
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
 from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.object_probe import knn_accuracy, object_boxes, object_crops, object_probe
 from ssprl_d2.evaluation.probe import (
     build_probe_model,
     chance_map,
@@ -138,6 +139,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, PROBE, "--config-file", CPU_CONFIG, "--weights", path, "--k", "3",
          "--train-dataset", "probe_tool_set", "--test-dataset", "probe_tool_set",
+         "--objects", "--object-size", "24",
          "INPUT.MULTILABEL.CROP_SIZE", "32", "INPUT.MULTILABEL.RESIZE_SIZE", "36",
          "DATALOADER.NUM_WORKERS", "0", *register],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
@@ -145,3 +147,38 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "kNN mAP (k=3):" in proc.stdout and "random trunk:" in proc.stdout
+    assert "object-crop kNN top-1 (k=3" in proc.stdout
+
+
+def test_object_knn_accuracy_is_high_on_separable_features_and_near_chance_on_random_ones():
+    gen = torch.Generator().manual_seed(0)
+    centres = 5.0 * torch.randn(4, 16, generator=gen)
+    train_y = torch.arange(200) % 4
+    test_y = torch.arange(100) % 4
+    train_x = centres[train_y] + torch.randn(200, 16, generator=gen)
+    test_x = centres[test_y] + torch.randn(100, 16, generator=gen)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, 4, k=10) > 95.0
+    noise = knn_accuracy(torch.randn(200, 16, generator=gen), train_y,
+                         torch.randn(100, 16, generator=gen), test_y, 4, k=10)
+    assert noise < 45.0  # chance is 25
+
+
+def test_object_boxes_are_padded_clipped_and_skip_small_or_crowd_instances():
+    d = {"file_name": "a.jpg", "height": 50, "width": 60, "annotations": [
+        {"bbox": [2.0, 10.0, 20.0, 10.0], "category_id": 3},   # padded by 3 px, clipped at x=0
+        {"bbox": [40.0, 40.0, 4.0, 4.0], "category_id": 1},    # 16 px: skipped
+        {"bbox": [5.0, 5.0, 30.0, 30.0], "category_id": 2, "iscrowd": 1},
+    ]}
+    assert object_boxes([d], pad=0.15, min_area=64) == [("a.jpg", (0, 7, 25, 23), 3)]
+
+
+def test_object_probe_crops_every_instance_of_the_tiny_dataset(tiny_dataset):
+    cfg = _probe_cfg(tiny_dataset)
+    crops, labels = object_crops(tiny_dataset, 24, cfg.INPUT.FORMAT)
+    expected = object_boxes(DatasetCatalog.get(tiny_dataset))
+    assert crops.shape == (len(expected), 3, 24, 24) and crops.dtype == torch.uint8
+    assert labels.tolist() == [c for _, _, c in expected]
+    result = object_probe(cfg, None, tiny_dataset, tiny_dataset, k=1, size=24)
+    # each object is its own nearest neighbour
+    assert result.accuracy == result.random_accuracy == 100.0
+    assert result.num_test == len(expected) and "object-crop kNN top-1" in result.summary()

@@ -15,7 +15,9 @@ The config gives the trunk (depth, norm, pixel statistics) and the test transfor
 DATASETS.TEST[0] (or ssprl_synthetic_val when the config has no test set). Both need labels
 (COCO-format annotations with thing_classes). Prints e.g.
 ``kNN mAP (k=20): 61.3  |  random trunk: 44.0  |  chance: 31.2`` and exits 2 on weights that do
-not fit the trunk.
+not fit the trunk. ``--objects`` adds the object-crop probe (ssprl_d2/evaluation/object_probe.py):
+the kNN top-1 category of every annotated object's padded box crop, next to the random trunk and
+the majority class; it shows what happened to the objects' features, backgrounds hardly enter.
 """
 import argparse
 import json
@@ -25,7 +27,9 @@ from detectron2.config import get_cfg
 
 import ssprl_d2  # noqa: F401  (registers the datasets)
 from ssprl_d2 import add_ssprl_config, register_from_cfg
+from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.object_probe import object_probe
 from ssprl_d2.evaluation.probe import knn_probe, probe_datasets
 
 
@@ -38,6 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-dataset", help="registered dataset searched for neighbours")
     p.add_argument("--test-dataset", help="registered dataset that is scored")
     p.add_argument("--seed", type=int, default=0, help="seed of the random trunk")
+    p.add_argument("--objects", action="store_true", help="also the object-crop probe: kNN "
+                   "top-1 category of every annotated object's box crop (needs instance boxes)")
+    p.add_argument("--object-size", type=int, default=64, help="side of the object crops")
     p.add_argument("--json", help="also write the result to this JSON file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
@@ -55,9 +62,13 @@ def main(argv=None) -> int:
         return 2
     print(f"{train} -> {test}, weights {args.weights}")
     print(result.summary())
+    record = {"weights": args.weights, "train": train, "test": test, **vars(result)}
+    if args.objects:
+        objects = object_probe(cfg, args.weights, train, test, args.k, args.object_size, args.seed)
+        print(objects.summary())
+        record["objects"] = vars(objects)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"weights": args.weights, "train": train, "test": test, **vars(result)}, f)
+        atomic_write_bytes(args.json, json.dumps(record).encode())
     return 0
 
 
