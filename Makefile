@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.ssprl_setup_done
 
-.PHONY: setup demo test benchmark gpu-check clean
+.PHONY: setup demo test benchmark gpu-check transfer study clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the CPU transfer suite (semantic FPN, Faster R-CNN C4, Mask R-CNN FPN, each next to random
+# init; about 20 minutes on 2 idle cores) on the trunk `make demo` exported; resumes when rerun
+transfer: $(STAMP)
+	$(PY) tools/run_transfer.py output/demo/ssprl_R_18_synthetic.pkl --cpu
+
+# the method comparison on the embedded dataset (random init, SwAV, SS-PRL, MLS; 3 seeds; kNN,
+# linear, semi-supervised, Mask R-CNN box/mask AP): hours on 2 cores, resumable, so rerun it to
+# continue; writes results/study.md and results/study.json from the runs finished so far
+study: $(STAMP)
+	$(PY) tools/run_study.py --variants "random init" "SwAV (scale 0 only)" "SS-PRL (full)" MLS \
+		--seeds 0 1 2 --out output/study_methods
 
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py
