@@ -8,7 +8,9 @@
    whether pre-training learned independently of the noisy detection numbers;
 5. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule, and
    evaluate both with --eval-only (ssprl_d2.transfer.finetune_and_evaluate, as the transfer
-   suite does); print box AP, mask AP and AP50;
+   suite does); print box AP, mask AP and AP50 in the transfer suite's table (``--seeds 42 1 2``:
+   one pair per SEED, mean +- std; a single seed's difference says little: CPU runs repeat
+   exactly on one machine and thread count, but another seed or thread count is another draw);
 6. write the analysis report of the pre-trained model (tools/analyze.py) and print its path.
 
 Every stage runs the public command in a subprocess, with ``--resume`` so that running the demo
@@ -27,15 +29,11 @@ OUT = os.path.join("output", "demo")
 PRETRAIN_DIR = os.path.join(OUT, "ssprl_R_18_synthetic")
 WEIGHTS = os.path.join(OUT, "ssprl_R_18_synthetic.pkl")
 REPORT_DIR = os.path.join(OUT, "report")
-FINETUNES = {
-    "SS-PRL": (
-        "mask_rcnn_R_18_FPN_cpu_synthetic.yaml",
-        os.path.join(OUT, "mask_rcnn_R_18_FPN_ssprl"),
-    ),
-    "random init": (
-        "mask_rcnn_R_18_FPN_cpu_synthetic_random_init.yaml",
-        os.path.join(OUT, "mask_rcnn_R_18_FPN_random_init"),
-    ),
+# the transfer suite's CPU Mask R-CNN benchmark (its config and random-init twin)
+BENCHMARK = "cpu_mask_rcnn_fpn"
+FINETUNE_DIRS = {
+    "SS-PRL": os.path.join(OUT, "mask_rcnn_R_18_FPN_ssprl"),
+    "random init": os.path.join(OUT, "mask_rcnn_R_18_FPN_random_init"),
 }
 
 
@@ -53,6 +51,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--pretrain-iters", type=int, help="override the pre-training MAX_ITER")
     p.add_argument("--finetune-iters", type=int, help="override the fine-tuning MAX_ITER")
+    p.add_argument("--seeds", type=int, nargs="+", default=[],
+                   help="SEED of each fine-tuning pair (default: the configs' 42); several give "
+                        "mean +- std")
     args = p.parse_args(argv)
     total, start = 6, time.time()
 
@@ -80,23 +81,32 @@ def main(argv=None) -> int:
 
     t = stage(5, total, "fine-tune Mask R-CNN R18-FPN (SS-PRL weights and random init), then "
                         "evaluate on ssprl_synthetic_val (--eval-only)")
-    from ssprl_d2.transfer import finetune_and_evaluate
+    import torch
 
+    from ssprl_d2.transfer import BENCHMARKS, finetune_and_evaluate, markdown_table
+
+    bench = BENCHMARKS[BENCHMARK]
+    configs = {"SS-PRL": bench.config, "random init": bench.random_init_config}
     opts = ["SOLVER.MAX_ITER", str(args.finetune_iters)] if args.finetune_iters else []
-    rows = []
-    for name, (config, out) in FINETUNES.items():
-        print(f"  -- {name}")
-        # skipped where OUTPUT_DIR/eval_results.json exists; an interrupted run resumes
-        res = finetune_and_evaluate(os.path.join(QUICK, config), out,
-                                    WEIGHTS if name == "SS-PRL" else None, opts)
-        rows.append((name, res["bbox"]["AP"], res["bbox"]["AP50"], res["segm"]["AP"],
-                     res["segm"]["AP50"]))
+    records = []
+    for seed in args.seeds or [None]:
+        extra = opts + (["SEED", str(seed)] if seed is not None else [])
+        for name, out in FINETUNE_DIRS.items():
+            out = out if seed is None else os.path.join(out, f"seed{seed}")
+            print(f"  -- {name}" + ("" if seed is None else f", seed {seed}"))
+            # skipped where OUTPUT_DIR/eval_results.json exists; an interrupted run resumes
+            res = finetune_and_evaluate(os.path.join(REPO, "configs", configs[name]), out,
+                                        WEIGHTS if name == "SS-PRL" else None, extra)
+            records.append({"benchmark": BENCHMARK, "init": name, "seed": seed, "results": res})
     print(f"  fine-tuning and evaluation done ({time.time() - t:.0f} s)")
 
-    print(f"\nMask R-CNN R18-FPN on ssprl_synthetic_val ({time.time() - start:.0f} s in all)")
-    print("| init | box AP | box AP50 | mask AP | mask AP50 |\n|---|---|---|---|---|")
-    for name, *vals in rows:
-        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    seeds = ", ".join(map(str, args.seeds)) or "the configs' SEED"
+    print(f"\nMask R-CNN R18-FPN on ssprl_synthetic_val ({time.time() - start:.0f} s in all; "
+          f"seeds: {seeds}; {torch.get_num_threads()} torch threads)")
+    print(markdown_table(records, "SS-PRL"))
+    if len(args.seeds) < 2:
+        print("One fine-tuning pair: differences within the spread over seeds are noise; "
+              "`python tools/demo.py --seeds 42 1 2` adds pairs and prints mean +- std.")
 
     t = stage(6, total, "analysis report of the pre-trained model")
     checkpoint = os.path.join(PRETRAIN_DIR, "model_final.pth")
