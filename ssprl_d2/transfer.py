@@ -255,7 +255,8 @@ def markdown_table(records: Sequence[Mapping], weights_name: str) -> str:
                 cols.append([float(r["results"][group][metric]) for r in records
                              if r["benchmark"] == name and r["init"] == init
                              and metric in r["results"].get(group, {})])
-            diff = (f"{mean_std(cols[0])['mean'] - mean_std(cols[1])['mean']:+.1f}"
+            # rounded first, so that a zero difference prints as +0.0, not -0.0
+            diff = (f"{round(mean_std(cols[0])['mean'] - mean_std(cols[1])['mean'], 1) + 0.0:+.1f}"
                     if cols[0] and cols[1] else "-")
             lines.append(f"| {name} | {group} {metric} | {_cell(cols[0])} | {_cell(cols[1])} | "
                          f"{diff} |")
