@@ -98,7 +98,8 @@ def _run(train_net, config, opts, resume=False):
         setup_logger.cache_clear()
 
 
-def _config_max_iter(config):
+def _load_cfg(config):
+    """The project's config of a YAML file (Detectron2's defaults plus add_ssprl_config)."""
     from detectron2.config import get_cfg
 
     from ssprl_d2 import add_ssprl_config
@@ -106,7 +107,7 @@ def _config_max_iter(config):
     cfg = get_cfg()
     add_ssprl_config(cfg)
     cfg.merge_from_file(config)
-    return cfg.SOLVER.MAX_ITER
+    return cfg
 
 
 def finetune_mask_rcnn(train_net, config, weights, seed, iters, output_dir):
@@ -116,7 +117,7 @@ def finetune_mask_rcnn(train_net, config, weights, seed, iters, output_dir):
         weights: MODEL.WEIGHTS ("" for random init).
         iters: SOLVER.MAX_ITER, or None for the config's own.
     """
-    iters = iters or _config_max_iter(config)
+    iters = iters or _load_cfg(config).SOLVER.MAX_ITER
     # TEST.EVAL_PERIOD = iterations: train_net evaluates once, at the end
     res = _run(train_net, config, ["MODEL.WEIGHTS", weights, "SEED", str(seed),
                                    "SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", str(iters),
@@ -127,14 +128,10 @@ def finetune_mask_rcnn(train_net, config, weights, seed, iters, output_dir):
 
 def knn_map(config, weights, seed):
     """kNN multi-label mAP of a trunk (None: the random trunk of ``seed``), train -> val."""
-    from detectron2.config import get_cfg
-
-    from ssprl_d2 import add_ssprl_config, register_from_cfg
+    from ssprl_d2 import register_from_cfg
     from ssprl_d2.evaluation.probe import knn_probe
 
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(config)
+    cfg = _load_cfg(config)
     register_from_cfg(cfg)
     return knn_probe(cfg, weights, "ssprl_synthetic_train", "ssprl_synthetic_val", KNN_K, True,
                      seed).map
@@ -285,9 +282,6 @@ def main(argv=None) -> int:
 
 def vit_study(args, train_net) -> int:
     """The ViT section: pre-train, probe, fine-tune ViTDet and evaluate every variant and seed."""
-    from detectron2.config import get_cfg
-
-    from ssprl_d2 import add_ssprl_config
     from ssprl_d2.evaluation.probe import knn_probe_pretrainer
 
     pre_config = os.path.join(QUICK, VIT_PRETRAIN_CONFIG)
@@ -302,9 +296,7 @@ def vit_study(args, train_net) -> int:
             vit_dir = os.path.join(args.out, "vit", f"seed{seed}", tag)
             print(f"[vit study] {variant}, seed {seed} ({time.time() - start:.0f} s)", flush=True)
             ckpt, weights = "", ""
-            cfg = get_cfg()
-            add_ssprl_config(cfg)
-            cfg.merge_from_file(pre_config)
+            cfg = _load_cfg(pre_config)
             cfg.merge_from_list([*(opts or []), "SEED", str(seed)])
             if opts is not None:
                 pre_dir = os.path.join(vit_dir, "pretrain")
