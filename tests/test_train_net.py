@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
 from detectron2.engine import HookBase
 from util import CPU_CONFIG, REPO
 
@@ -265,3 +267,33 @@ def test_knn_probe_hook_logs_the_live_trunk_without_changing_the_run(small_data,
     probe = KNNProbe(trainer.cfg, name, name, k=3)
     final = probe.map_of(build_probe_model(probe.cfg, os.path.join(out, "model_final.pth")))
     assert abs(final - rows[-1]["probe/knn_map"]) < 1e-6
+
+
+class _RecordPrototypes(HookBase):
+    def __init__(self, record):
+        self.record = record
+
+    def after_step(self):
+        model = self.trainer.model
+        self.record[self.trainer.iter] = [
+            F.normalize(m.weight.detach(), dim=1).clone() for m in model.prototype_modules()
+        ]
+
+
+def test_prototypes_stay_frozen_in_the_training_command(small_data, tmp_path):
+    """The freeze is an after_backward hook: the command's trainer must run it (it did not)."""
+    train_net = _load_train_net()
+    name, register = small_data
+    opts = tiny_opts(name, str(tmp_path), 5) + register
+    opts += ["MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "3"]
+    trainer = _trainer(train_net, opts)
+    initial = [F.normalize(m.weight.detach(), dim=1).clone()
+               for m in trainer.model.prototype_modules()]
+    record = {}
+    trainer.register_hooks([_RecordPrototypes(record)])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    for it in (0, 1, 2):
+        for before, now in zip(initial, record[it]):
+            torch.testing.assert_close(now, before)
+    assert all(not torch.allclose(a, b) for a, b in zip(initial, record[4]))

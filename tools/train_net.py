@@ -100,6 +100,10 @@ class Trainer(DefaultTrainer):
             self._trainer = AMPTrainer(model, data_loader, optimizer, **amp_options(cfg))
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        # DefaultTrainer keeps the hooks, but the inner trainer's run_step calls after_backward on
+        # its own, empty, hook list: route it to ours, or no after_backward hook (the prototype
+        # freeze, DINO's frozen last layer) ever runs.
+        self._trainer.after_backward = self.after_backward
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
