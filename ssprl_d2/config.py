@@ -265,6 +265,12 @@ def _add_probe_config(cfg: CN) -> None:
     _C.TEST_DATASET = ""
     # neighbours per test image
     _C.K = 20
+    # True: every probed trunk (trained or random) gets BN statistics re-estimated on the probe's
+    # training images, so trunks are compared by their weights, not by statistics of augmented
+    # training crops or a random trunk's identity statistics; False: running statistics as stored
+    _C.RECOMPUTE_BN = True
+    # random trunks probed alongside (seeds 0..N-1): their mean +- std is the reference
+    _C.RANDOM_SEEDS = 3
 
 
 def _add_multilabel_config(cfg: CN) -> None:

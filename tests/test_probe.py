@@ -16,8 +16,10 @@ from ssprl_d2.data.build import build_multilabel_test_loader
 from ssprl_d2.data.datasets import register_coco_format
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
 from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.bn_recalibration import recalibrated_bn
 from ssprl_d2.evaluation.object_probe import knn_accuracy, object_boxes, object_crops, object_probe
 from ssprl_d2.evaluation.probe import (
+    KNNProbe,
     build_probe_model,
     chance_map,
     extract_features,
@@ -182,3 +184,38 @@ def test_object_probe_crops_every_instance_of_the_tiny_dataset(tiny_dataset):
     # each object is its own nearest neighbour
     assert result.accuracy == result.random_accuracy == 100.0
     assert result.num_test == len(expected) and "object-crop kNN top-1" in result.summary()
+
+
+def test_recomputed_bn_makes_the_probe_independent_of_stored_statistics(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    pretrainer = build_model(tiny_cfg())
+    paths = []
+    for scale in (1.0, 4.0):  # the same weights with two sets of stored statistics
+        with torch.no_grad():
+            for name, buf in pretrainer.named_buffers():
+                if "running_mean" in name:
+                    buf.fill_(scale - 1.0)
+                if "running_var" in name:
+                    buf.fill_(scale)
+        paths.append(str(tmp_path / f"stats_{scale}.pth"))
+        torch.save({"model": pretrainer.state_dict()}, paths[-1])
+    cfg = _probe_cfg(tiny_dataset)
+    loader = build_multilabel_test_loader(cfg, tiny_dataset)
+
+    def features(path, recompute):
+        model = build_probe_model(cfg, path)
+        if not recompute:
+            return extract_features(model, loader)[0]
+        with recalibrated_bn(model.backbone,
+                             lambda b: model.pooled_features(model.preprocess(b)), loader):
+            return extract_features(model, loader)[0]
+
+    assert torch.allclose(features(paths[0], True), features(paths[1], True), atol=1e-4)
+    assert not torch.allclose(features(paths[0], False), features(paths[1], False), atol=1e-3)
+    probe = KNNProbe(cfg, tiny_dataset, tiny_dataset, k=3, recompute_bn=True)
+    maps = [probe.map_of(build_probe_model(cfg, p)) for p in paths]
+    assert abs(maps[0] - maps[1]) < 1e-6
+    # the result carries the random trunks' spread and says how BN was treated
+    result = knn_probe(cfg, paths[0], tiny_dataset, tiny_dataset, k=3, random_seeds=[0, 1])
+    assert result.random_seeds == 2 and result.random_std >= 0.0 and result.recompute_bn
+    assert "(2 seeds)" in result.summary() and "recomputed" in result.summary()

@@ -262,7 +262,9 @@ def test_knn_probe_hook_logs_the_live_trunk_without_changing_the_run(small_data,
     assert all(0.0 <= v <= 100.0 for v, _ in history)
     rows = [r for r in _metrics(out) if "probe/knn_map" in r]
     assert rows and 0.0 < rows[-1]["probe/chance"] <= 100.0
-    assert "probe/knn_map_random" in rows[-1]
+    assert "probe/knn_map_random" in rows[-1] and "probe/knn_map_random_std" in rows[-1]
+    # the paired reference: the run's own trunk before its first step
+    assert 0.0 <= rows[-1]["probe/knn_map_init"] <= 100.0
     # the last value is the probe of the saved final trunk, not of a copy that missed weights
     probe = KNNProbe(trainer.cfg, name, name, k=3)
     final = probe.map_of(build_probe_model(probe.cfg, os.path.join(out, "model_final.pth")))

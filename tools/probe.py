@@ -14,9 +14,12 @@ The config gives the trunk (depth, norm, pixel statistics) and the test transfor
 (INPUT.MULTILABEL: Resize + CenterCrop); datasets default to the config's DATASETS.TRAIN[0] and
 DATASETS.TEST[0] (or ssprl_synthetic_val when the config has no test set). Both need labels
 (COCO-format annotations with thing_classes). Prints e.g.
-``kNN mAP (k=20): 61.3  |  random trunk: 44.0  |  chance: 31.2`` and exits 2 on weights that do
-not fit the trunk. ``--objects`` adds the object-crop probe (ssprl_d2/evaluation/object_probe.py):
-the kNN top-1 category of every annotated object's padded box crop, next to the random trunk and
+``kNN mAP (k=20): 61.3  |  random trunk: 44.0 +- 1.2 (3 seeds)  |  chance: 31.2  (...)`` and exits 2
+on weights that do not fit the trunk. Every trunk, the random ones included, gets BN statistics
+re-estimated on the probe's training images first (``TEST.KNN_PROBE.RECOMPUTE_BN False`` keeps
+the stored ones); ``TEST.KNN_PROBE.RANDOM_SEEDS`` sets how many random trunks (default 3).
+``--objects`` adds the object-crop probe (ssprl_d2/evaluation/object_probe.py): the kNN top-1
+category of every annotated object's padded box crop, next to the random trunk and
 the majority class; it shows what happened to the objects' features, backgrounds hardly enter.
 """
 import argparse
@@ -30,7 +33,7 @@ from ssprl_d2 import add_ssprl_config, register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.engine import WeightsMismatchError
 from ssprl_d2.evaluation.object_probe import object_probe
-from ssprl_d2.evaluation.probe import knn_probe, probe_datasets
+from ssprl_d2.evaluation.probe import knn_probe, probe_datasets, random_seeds_of
 
 
 def main(argv=None) -> int:
@@ -41,7 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--plain-vote", action="store_true", help="unweighted vote of the neighbours")
     p.add_argument("--train-dataset", help="registered dataset searched for neighbours")
     p.add_argument("--test-dataset", help="registered dataset that is scored")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random trunk")
+    p.add_argument("--seed", type=int, default=0, help="first seed of the random trunks "
+                   "(TEST.KNN_PROBE.RANDOM_SEEDS of them; the object probe uses this one)")
     p.add_argument("--objects", action="store_true", help="also the object-crop probe: kNN "
                    "top-1 category of every annotated object's box crop (needs instance boxes)")
     p.add_argument("--object-size", type=int, default=64, help="side of the object crops")
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
     register_from_cfg(cfg)
     train, test = probe_datasets(cfg, args.train_dataset or "", args.test_dataset or "")
     try:
-        result = knn_probe(cfg, args.weights, train, test, args.k, not args.plain_vote, args.seed)
+        result = knn_probe(cfg, args.weights, train, test, args.k, not args.plain_vote,
+                           random_seeds_of(cfg, args.seed))
     except WeightsMismatchError as e:
         print(f"probe: error: {e}", file=sys.stderr)
         return 2

@@ -73,6 +73,7 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules")
 # pre-training checkpoints every this many iterations, so an interrupted one resumes
 PRETRAIN_CHECKPOINT_PERIOD = 200
 KNN_K = 20
+KNN_RECOMPUTE_BN = True  # the probe's default: every trunk's BN statistics from the probe images
 
 
 def _train_net():
@@ -132,15 +133,16 @@ def knn_map(config, weights, seed):
     from ssprl_d2.evaluation.probe import knn_probe
 
     cfg = _load_cfg(config)
+    cfg.TEST.KNN_PROBE.RECOMPUTE_BN = KNN_RECOMPUTE_BN
     register_from_cfg(cfg)
     return knn_probe(cfg, weights, "ssprl_synthetic_train", "ssprl_synthetic_val", KNN_K, True,
-                     seed).map
+                     [seed]).map
 
 
 def _eval_opts(job, args):
     """A job's iteration overrides (the Mask R-CNN fine-tune keeps its config's by default)."""
     if job == "knn":
-        return ["k", str(KNN_K)]
+        return ["k", str(KNN_K), "recompute_bn", str(KNN_RECOMPUTE_BN)]
     if job == "maskrcnn":
         return [] if args.det_iters is None else ["SOLVER.MAX_ITER", str(args.det_iters)]
     return ["SOLVER.MAX_ITER", str(args.eval_iters)]
@@ -310,7 +312,7 @@ def vit_study(args, train_net) -> int:
             size = cfg.INPUT.SSPRL.SIZE_CROPS[0]
             cfg.INPUT.MULTILABEL.CROP_SIZE, cfg.INPUT.MULTILABEL.RESIZE_SIZE = size, size
             probe = knn_probe_pretrainer(cfg, ckpt or None, "ssprl_synthetic_train",
-                                         "ssprl_synthetic_val", random_seed=seed)
+                                         "ssprl_synthetic_val", random_seeds=[seed])
             runs.append({"variant": variant, "seed": seed, "protocol": "kNN mAP (CLS)",
                          "mAP": probe.map})
             res = finetune_mask_rcnn(train_net, ft_config, weights, seed, ft_iters,

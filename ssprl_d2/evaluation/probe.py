@@ -2,8 +2,10 @@
 
 Each test image is scored per class by the (similarity-weighted) vote of its k nearest training
 images' multi-hot labels under cosine similarity of pooled trunk features; mAP is the mean over
-classes of scikit-learn's AP (``multilabel_average_precision``). A random trunk of the same depth
-is always probed alongside: a pre-trained trunk is only useful when it clearly beats it.
+classes of scikit-learn's AP (``multilabel_average_precision``). Random trunks of the same depth
+(several seeds) are always probed alongside: a pre-trained trunk is only useful when it beats them
+by more than their spread. By default every trunk's BN statistics are re-estimated on the probe's
+training images first (``TEST.KNN_PROBE.RECOMPUTE_BN``, :mod:`.bn_recalibration`).
 """
 import copy
 import logging
@@ -18,6 +20,7 @@ from detectron2.modeling import build_model
 
 from ..data.build import build_multilabel_test_loader
 from ..engine.checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
+from .bn_recalibration import recalibrated_bn
 from .multilabel_evaluator import multilabel_average_precision
 
 __all__ = [
@@ -28,6 +31,8 @@ __all__ = [
     "build_probe_model",
     "extract_features",
     "KNNProbeResult",
+    "mean_std",
+    "random_seeds_of",
     "KNNProbe",
     "probe_datasets",
     "knn_probe",
@@ -203,18 +208,36 @@ def _features(extract, loader) -> Tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class KNNProbeResult:
-    """mAP (percent) of the probed trunk, of a seeded random trunk, and of chance."""
+    """mAP (percent) of the probed trunk, of seeded random trunks (mean, sample std), of chance."""
 
     k: int
     map: float
     random_map: float
     chance: float
+    random_std: float = 0.0
+    random_seeds: int = 1
+    recompute_bn: bool = False
 
     def summary(self) -> str:
+        spread = ""
+        if self.random_seeds > 1:
+            spread = f" +- {self.random_std:.1f} ({self.random_seeds} seeds)"
+        bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
         return (
-            f"kNN mAP (k={self.k}): {self.map:.1f}  |  random trunk: {self.random_map:.1f}  "
-            f"|  chance: {self.chance:.1f}"
+            f"kNN mAP (k={self.k}): {self.map:.1f}  |  random trunk: {self.random_map:.1f}"
+            f"{spread}  |  chance: {self.chance:.1f}  ({bn})"
         )
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def random_seeds_of(cfg, first: int = 0) -> List[int]:
+    """The random trunks' seeds: ``TEST.KNN_PROBE.RANDOM_SEEDS`` of them from ``first``."""
+    return list(range(first, first + max(1, cfg.TEST.KNN_PROBE.RANDOM_SEEDS)))
 
 
 def probe_datasets(cfg, train: str = "", test: str = "") -> Tuple[str, str]:
@@ -241,16 +264,21 @@ class KNNProbe:
     """
 
     def __init__(self, cfg, train_dataset: str, test_dataset: str, k: int = 20,
-                 weighted: bool = True):
+                 weighted: bool = True, recompute_bn: Optional[bool] = None):
         """
         Args:
             cfg: pre-training or multi-label config (trunk architecture, test crop sizes).
             train_dataset, test_dataset: registered datasets with labels (e.g. COCO format).
             k, weighted: kNN settings (:func:`knn_scores`).
+            recompute_bn: re-estimate each trunk's BN statistics on ``train_dataset`` before
+                probing it (restored afterwards); None: ``TEST.KNN_PROBE.RECOMPUTE_BN``.
         """
         self.cfg = probe_cfg(cfg, train_dataset)
         self.train_dataset, self.test_dataset = train_dataset, test_dataset
         self.k, self.weighted = k, weighted
+        self.recompute_bn = (
+            cfg.TEST.KNN_PROBE.RECOMPUTE_BN if recompute_bn is None else recompute_bn
+        )
         self.loaders = {
             name: build_multilabel_test_loader(self.cfg, name)
             for name in (train_dataset, test_dataset)
@@ -266,10 +294,16 @@ class KNNProbe:
             train_x, train_y, test_x, self.test_labels, self.k, self.weighted, self.classes
         )
 
+    def _map(self, model: torch.nn.Module, extract: Callable[[List[dict]], torch.Tensor]) -> float:
+        if not self.recompute_bn:
+            return self.map_of_extractor(extract)
+        with recalibrated_bn(model.backbone, extract, self.loaders[self.train_dataset]):
+            return self.map_of_extractor(extract)
+
     def map_of(self, model: torch.nn.Module) -> float:
         """kNN mAP (percent) of a ``MultiLabelClassifier``'s pooled trunk features."""
         model.eval()
-        return self.map_of_extractor(lambda batch: model.pooled_features(model.preprocess(batch)))
+        return self._map(model, lambda batch: model.pooled_features(model.preprocess(batch)))
 
     def map_of_pretrainer(self, model: torch.nn.Module) -> float:
         """kNN mAP of a pre-trainer's own inference ``"features"`` (any meta-architecture here).
@@ -279,8 +313,8 @@ class KNNProbe:
         was_training = model.training
         model.eval()
         try:
-            return self.map_of_extractor(
-                lambda batch: torch.stack([o["features"] for o in model(batch)])
+            return self._map(
+                model, lambda batch: torch.stack([o["features"] for o in model(batch)])
             )
         finally:
             model.train(was_training)
@@ -303,24 +337,33 @@ def knn_probe(
     test_dataset: str,
     k: int = 20,
     weighted: bool = True,
-    random_seed: int = 0,
+    random_seeds: Optional[Sequence[int]] = None,
 ) -> KNNProbeResult:
-    """kNN multi-label probe of the trunk in ``weights`` and of a random trunk of the same depth.
+    """kNN multi-label probe of the trunk in ``weights`` and of random trunks of the same depth.
 
     Args:
-        cfg: pre-training or multi-label config (trunk architecture, test crop sizes).
-        weights: checkpoint or exported trunk; None probes only the random trunk (twice).
+        cfg: pre-training or multi-label config (trunk architecture, test crop sizes,
+            ``TEST.KNN_PROBE.RECOMPUTE_BN``).
+        weights: checkpoint or exported trunk; None probes only the random trunks (the first
+            seed's is reported as the trunk's mAP).
         train_dataset, test_dataset: registered datasets with labels (e.g. COCO format).
         k, weighted: kNN settings (:func:`knn_scores`).
-        random_seed: seed of the random trunk's initialisation.
+        random_seeds: seeds of the random trunks; None: :func:`random_seeds_of`.
 
     Returns:
-        the three mAPs.
+        the trunk's mAP, the random trunks' mean and std, chance.
     """
     probe = KNNProbe(cfg, train_dataset, test_dataset, k, weighted)
-    random_map = probe.random_map(random_seed)
-    trained_map = probe.map_of(build_probe_model(probe.cfg, weights)) if weights else random_map
-    return KNNProbeResult(k, trained_map, random_map, probe.chance())
+    seeds = random_seeds_of(cfg) if random_seeds is None else list(random_seeds)
+    randoms = [probe.random_map(s) for s in seeds]
+    trained_map = probe.map_of(build_probe_model(probe.cfg, weights)) if weights else randoms[0]
+    return _result(probe, trained_map, randoms)
+
+
+def _result(probe: KNNProbe, trained_map: float, randoms: Sequence[float]) -> KNNProbeResult:
+    mean, std = mean_std(randoms)
+    return KNNProbeResult(probe.k, trained_map, mean, probe.chance(), std, len(randoms),
+                          probe.recompute_bn)
 
 
 def knn_probe_pretrainer(
@@ -330,7 +373,7 @@ def knn_probe_pretrainer(
     test_dataset: str,
     k: int = 20,
     weighted: bool = True,
-    random_seed: int = 0,
+    random_seeds: Optional[Sequence[int]] = None,
 ) -> KNNProbeResult:
     """kNN probe of a pre-trainer's own inference features, next to it at random initialisation.
 
@@ -341,8 +384,8 @@ def knn_probe_pretrainer(
     Args:
         cfg: the pre-training config (``MODEL.META_ARCHITECTURE`` with an inference returning
             ``"features"``).
-        weights: its training checkpoint; None probes only the random model (twice).
-        train_dataset, test_dataset, k, weighted, random_seed: as :func:`knn_probe`.
+        weights: its training checkpoint; None probes only the random models.
+        train_dataset, test_dataset, k, weighted, random_seeds: as :func:`knn_probe`.
 
     Returns:
         the three mAPs.
@@ -355,8 +398,8 @@ def knn_probe_pretrainer(
     pcfg.defrost()
     pcfg.MODEL.WEIGHTS = ""
 
-    def map_of(path: Optional[str]) -> float:
-        torch.manual_seed(random_seed)
+    def map_of(path: Optional[str], seed: int = 0) -> float:
+        torch.manual_seed(seed)
         model = build_model(pcfg)
         if path:
             checkpointer = AtomicDetectionCheckpointer(model)
@@ -365,6 +408,7 @@ def knn_probe_pretrainer(
                                   "backbone.", cfg.MODEL.RESNETS.DEPTH)
         return probe.map_of_pretrainer(model)
 
-    random_map = map_of(None)
-    trained_map = map_of(weights) if weights else random_map
-    return KNNProbeResult(k, trained_map, random_map, probe.chance())
+    seeds = random_seeds_of(cfg) if random_seeds is None else list(random_seeds)
+    randoms = [map_of(None, s) for s in seeds]
+    trained_map = map_of(weights) if weights else randoms[0]
+    return _result(probe, trained_map, randoms)

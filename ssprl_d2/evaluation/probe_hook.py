@@ -7,7 +7,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..engine.hooks import unwrap_model
-from .probe import KNNProbe, probe_datasets
+from .probe import KNNProbe, mean_std, probe_datasets, random_seeds_of
 
 __all__ = ["KNNProbeHook", "build_probe_hook"]
 
@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 class KNNProbeHook(HookBase):
     """Every ``period`` iterations and at the last, the kNN mAP of the trunk being trained.
 
-    Puts ``probe/knn_map`` (and, once, ``probe/knn_map_random`` and ``probe/chance``) into the
-    event storage, so TensorBoard and metrics.json show whether the trunk learns while it trains.
+    Puts ``probe/knn_map`` (and with it the references: ``probe/knn_map_init``, the run's own
+    initial trunk, the paired comparison; ``probe/knn_map_random`` and ``_std``, random trunks of
+    ``TEST.KNN_PROBE.RANDOM_SEEDS`` seeds; ``probe/chance``) into the event storage, so
+    TensorBoard and metrics.json show whether the trunk learns while it trains.
     Runs on the main process only; the random number generators are restored afterwards, so a
     run with the probe follows the same data and augmentation stream as one without.
     """
@@ -38,6 +40,7 @@ class KNNProbeHook(HookBase):
         self._max_iter = max_iter
         self._probe: Optional[KNNProbe] = None
         self._baseline: Optional[dict] = None
+        self._init_map: Optional[float] = None
 
     @staticmethod
     def _run(fn):
@@ -49,12 +52,33 @@ class KNNProbeHook(HookBase):
         if not comm.is_main_process():
             return
         self._probe = self._factory()
-        random_map = self._run(self._probe.random_map)
-        self._baseline = {"probe/knn_map_random": random_map, "probe/chance": self._probe.chance()}
+        probe = self._probe
+        seeds = random_seeds_of(probe.cfg)
+        mean, std = mean_std([self._run(lambda s=s: probe.random_map(s)) for s in seeds])
+        if self.trainer.iter == 0:
+            # a fresh run: its own initial trunk is the paired reference of every later value
+            model = unwrap_model(self.trainer.model)
+            self._init_map = self._run(lambda: probe.map_of_pretrainer(model))
+        self._baseline = {
+            "probe/knn_map_random": mean,
+            "probe/knn_map_random_std": std,
+            "probe/chance": probe.chance(),
+        }
+        init = ""
+        if self._init_map is not None:
+            self._baseline["probe/knn_map_init"] = self._init_map
+            init = f"; this run's initial trunk {self._init_map:.1f}"
         logger.info(
-            f"kNN probe every {self._period} iterations; random trunk {random_map:.1f}, "
-            f"chance {self._baseline['probe/chance']:.1f}"
+            f"kNN probe every {self._period} iterations; random trunks {mean:.1f} +- {std:.1f} "
+            f"({len(seeds)} seeds){init}; chance {self._baseline['probe/chance']:.1f}"
         )
+
+    def state_dict(self) -> dict:
+        # the initial trunk's value survives a resume (the trunk it measured does not)
+        return {} if self._init_map is None else {"knn_map_init": self._init_map}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._init_map = state_dict.get("knn_map_init")
 
     def after_step(self):
         iteration = self.trainer.iter + 1
