@@ -219,3 +219,19 @@ def test_recomputed_bn_makes_the_probe_independent_of_stored_statistics(tiny_dat
     result = knn_probe(cfg, paths[0], tiny_dataset, tiny_dataset, k=3, random_seeds=[0, 1])
     assert result.random_seeds == 2 and result.random_std >= 0.0 and result.recompute_bn
     assert "(2 seeds)" in result.summary() and "recomputed" in result.summary()
+
+
+def test_the_random_trunk_of_seed_s_is_where_pre_training_with_seed_s_starts(tiny_dataset):
+    """So the probe's random trunk of the run's SEED is the run's own initialisation (paired)."""
+    from detectron2.utils.env import seed_all_rng
+
+    mls = get_cfg()
+    add_ssprl_config(mls)
+    mls.merge_from_file(os.path.join(REPO, "configs", "quick_schedules",
+                                     "mls_R_18_cpu_synthetic.yaml"))
+    for meta, cfg in (("SSPRL", tiny_cfg()), ("MLS", mls)):
+        seed_all_rng(7)  # what the training command's setup does with SEED 7
+        start = build_model(cfg).backbone.state_dict()
+        random = build_probe_model(probe_cfg(cfg, tiny_dataset), None, 7).backbone.state_dict()
+        for name, value in start.items():
+            assert torch.equal(value, random[name]), (meta, name)

@@ -9,8 +9,8 @@ training images first (``TEST.KNN_PROBE.RECOMPUTE_BN``, :mod:`.bn_recalibration`
 """
 import copy
 import logging
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -217,11 +217,18 @@ class KNNProbeResult:
     random_std: float = 0.0
     random_seeds: int = 1
     recompute_bn: bool = False
+    # every random trunk's mAP by its seed (the random trunk of seed s is the trunk that a
+    # pre-training run with SEED s starts from: the paired reference for that run)
+    random_by_seed: Dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         spread = ""
         if self.random_seeds > 1:
             spread = f" +- {self.random_std:.1f} ({self.random_seeds} seeds)"
+        if self.random_by_seed:
+            seeds = "/".join(str(s) for s in self.random_by_seed)
+            values = " / ".join(f"{v:.1f}" for v in self.random_by_seed.values())
+            spread += f" [seed {seeds}: {values}]"
         bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
         return (
             f"kNN mAP (k={self.k}): {self.map:.1f}  |  random trunk: {self.random_map:.1f}"
@@ -355,15 +362,17 @@ def knn_probe(
     """
     probe = KNNProbe(cfg, train_dataset, test_dataset, k, weighted)
     seeds = random_seeds_of(cfg) if random_seeds is None else list(random_seeds)
-    randoms = [probe.random_map(s) for s in seeds]
-    trained_map = probe.map_of(build_probe_model(probe.cfg, weights)) if weights else randoms[0]
+    randoms = {s: probe.random_map(s) for s in seeds}
+    trained_map = (
+        probe.map_of(build_probe_model(probe.cfg, weights)) if weights else randoms[seeds[0]]
+    )
     return _result(probe, trained_map, randoms)
 
 
-def _result(probe: KNNProbe, trained_map: float, randoms: Sequence[float]) -> KNNProbeResult:
-    mean, std = mean_std(randoms)
+def _result(probe: KNNProbe, trained_map: float, randoms: Dict[int, float]) -> KNNProbeResult:
+    mean, std = mean_std(list(randoms.values()))
     return KNNProbeResult(probe.k, trained_map, mean, probe.chance(), std, len(randoms),
-                          probe.recompute_bn)
+                          probe.recompute_bn, dict(randoms))
 
 
 def knn_probe_pretrainer(
@@ -409,6 +418,6 @@ def knn_probe_pretrainer(
         return probe.map_of_pretrainer(model)
 
     seeds = random_seeds_of(cfg) if random_seeds is None else list(random_seeds)
-    randoms = [map_of(None, s) for s in seeds]
-    trained_map = map_of(weights) if weights else randoms[0]
+    randoms = {s: map_of(None, s) for s in seeds}
+    trained_map = map_of(weights) if weights else randoms[seeds[0]]
     return _result(probe, trained_map, randoms)
