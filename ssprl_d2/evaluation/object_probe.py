@@ -17,6 +17,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
+from .bn_recalibration import recalibrated_bn
 from .probe import build_probe_model, knn_scores, probe_cfg
 
 __all__ = [
@@ -155,7 +156,8 @@ def object_probe(
     """Object-crop kNN probe of the trunk in ``weights`` next to a random trunk of the same depth.
 
     Args:
-        cfg: pre-training or multi-label config (trunk architecture, ``INPUT.FORMAT``).
+        cfg: pre-training or multi-label config (trunk architecture, ``INPUT.FORMAT``,
+            ``TEST.KNN_PROBE.RECOMPUTE_BN``: BN statistics re-estimated on the training crops).
         weights: checkpoint or exported trunk; None probes only the random trunk (twice).
         train_dataset, test_dataset: registered datasets with instance annotations.
         k: neighbours per test object.
@@ -171,8 +173,17 @@ def object_probe(
     num_classes = pcfg.MODEL.MULTILABEL.NUM_CLASSES
 
     def accuracy(model: torch.nn.Module) -> float:
-        return knn_accuracy(_pooled(model, train_x), train_y, _pooled(model, test_x), test_y,
-                            num_classes, k)
+        def run() -> float:
+            return knn_accuracy(_pooled(model, train_x), train_y, _pooled(model, test_x), test_y,
+                                num_classes, k)
+
+        if not cfg.TEST.KNN_PROBE.RECOMPUTE_BN:
+            return run()
+        # as the image probe: BN statistics of the training objects, for every trunk alike
+        batches = [[{"image": x} for x in train_x[i:i + 64]] for i in range(0, len(train_x), 64)]
+        with recalibrated_bn(model.backbone,
+                             lambda b: model.pooled_features(model.preprocess(b)), batches):
+            return run()
 
     random_acc = accuracy(build_probe_model(pcfg, None, random_seed))
     trained_acc = accuracy(build_probe_model(pcfg, weights)) if weights else random_acc
