@@ -68,9 +68,10 @@ class KNNProbeHook(HookBase):
         if self._init_map is not None:
             self._baseline["probe/knn_map_init"] = self._init_map
             init = f"; this run's initial trunk {self._init_map:.1f}"
+        spread = f" +- {std:.1f} ({len(seeds)} seeds)" if len(seeds) > 1 else f" (seed {seeds[0]})"
         logger.info(
-            f"kNN probe every {self._period} iterations; random trunks {mean:.1f} +- {std:.1f} "
-            f"({len(seeds)} seeds){init}; chance {self._baseline['probe/chance']:.1f}"
+            f"kNN probe every {self._period} iterations; random trunk {mean:.1f}{spread}{init}; "
+            f"chance {self._baseline['probe/chance']:.1f}"
         )
 
     def state_dict(self) -> dict:
