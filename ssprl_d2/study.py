@@ -152,6 +152,55 @@ def markdown_table(summary: Mapping, protocols: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(
+    runs: Sequence[Mapping], reference: str = "random init"
+) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Per variant and protocol, the differences to ``reference`` of the same seed.
+
+    A seed's random-init run starts from the very trunk that the seed's pre-training starts from
+    (the random trunk of seed s is a SEED s run's initialisation), so the difference of one seed
+    is a paired comparison; trunks of different seeds differ by more than many effects.
+
+    Args:
+        runs: records ``{"variant", "seed", "protocol", "mAP"}``.
+        reference: the variant subtracted.
+
+    Returns:
+        {variant: {protocol: {"mean", "std", "n", "by_seed": {seed: difference}}}} for every
+        variant other than ``reference`` and every protocol with at least one paired seed.
+    """
+    ref = {(r["protocol"], r["seed"]): r["mAP"] for r in runs if r["variant"] == reference}
+    grouped: Dict[str, Dict[str, Dict[int, float]]] = {}
+    for r in runs:
+        key = (r["protocol"], r["seed"])
+        if r["variant"] != reference and key in ref:
+            grouped.setdefault(r["variant"], {}).setdefault(r["protocol"], {})[r["seed"]] = (
+                r["mAP"] - ref[key]
+            )
+    return {
+        v: {p: {**mean_std(list(d.values())), "by_seed": dict(sorted(d.items()))}
+            for p, d in protocols.items()}
+        for v, protocols in grouped.items()
+    }
+
+
+def paired_table(paired: Mapping, protocols: Sequence[str], reference: str = "random init") -> str:
+    """A markdown table of :func:`paired_differences`: mean +- std (n), then each seed's value."""
+    lines = [f"| variant minus {reference} (same seed) | " + " | ".join(protocols) + " |",
+             "|---" * (len(protocols) + 1) + "|"]
+    for variant, by_protocol in paired.items():
+        cells = []
+        for p in protocols:
+            d = by_protocol.get(p)
+            if not d:
+                cells.append("-")
+                continue
+            seeds = " / ".join(f"{v:+.1f}" for v in d["by_seed"].values())
+            cells.append(f"{d['mean']:+.1f} +- {d['std']:.1f} (n={d['n']}: {seeds})")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 class StaleResultError(RuntimeError):
     """A finished result or pre-training in the output folder was made with other settings."""
 

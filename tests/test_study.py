@@ -18,6 +18,8 @@ from ssprl_d2.study import (
     evaluate_run,
     finished_records,
     markdown_table,
+    paired_differences,
+    paired_table,
     pretrain_config,
     pretrained_checkpoint,
     run_dir,
@@ -205,3 +207,20 @@ def test_random_init_knn_study_end_to_end_and_resumed(tmp_path):
     assert study.main(argv) == 0
     summary = json.loads((results / "study.json").read_text())["summary"]
     assert summary["random init"]["kNN mAP"]["mean"] == stored["metrics"]["kNN mAP"]
+
+
+def test_paired_differences_subtract_random_init_of_the_same_seed_only():
+    def rec(variant, seed, value, protocol="kNN mAP"):
+        return {"variant": variant, "seed": seed, "protocol": protocol, "mAP": value}
+
+    runs = [rec("random init", 0, 50.0), rec("random init", 1, 46.0),
+            rec("SwAV", 0, 51.0), rec("SwAV", 1, 49.0),
+            rec("SwAV", 2, 90.0),  # no random init of seed 2: not paired, left out
+            rec("SwAV", 0, 40.0, "linear mAP")]  # no random-init linear run: left out
+    paired = paired_differences(runs)
+    assert set(paired) == {"SwAV"} and set(paired["SwAV"]) == {"kNN mAP"}
+    d = paired["SwAV"]["kNN mAP"]
+    assert d["by_seed"] == {0: 1.0, 1: 3.0} and d["n"] == 2
+    assert d["mean"] == 2.0 and abs(d["std"] - 2 ** 0.5) < 1e-9
+    table = paired_table(paired, ["kNN mAP", "linear mAP"])
+    assert "| SwAV | +2.0 +- 1.4 (n=2: +1.0 / +3.0) | - |" in table

@@ -64,6 +64,8 @@ from ssprl_d2.study import (  # noqa: E402
     evaluate_run,
     finished_records,
     markdown_table,
+    paired_differences,
+    paired_table,
     pretrain_config,
     pretrained_checkpoint,
     run_dir,
@@ -217,14 +219,18 @@ def _write_results(args, start):
     }
     os.makedirs(args.results, exist_ok=True)
     atomic_write_bytes(os.path.join(args.results, "study.json"),
-                       json.dumps({"meta": meta, "summary": summary, "runs": runs},
+                       json.dumps({"meta": meta, "summary": summary,
+                                   "paired": paired_differences(runs), "runs": runs},
                                   indent=1).encode())
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in runs)]
     table = markdown_table(summary, protocols)
+    paired = paired_table(paired_differences(runs), protocols)
     atomic_write_bytes(os.path.join(args.results, "study.md"),
                        (f"# Study on the embedded dataset\n\n{json.dumps(meta, indent=1)}\n\n"
-                        f"{table}\n").encode())
-    return table
+                        f"{table}\n\nPaired with random initialisation of the same seed (the "
+                        f"trunk every pre-training of that seed starts from):\n\n{paired}\n"
+                        ).encode())
+    return table + "\n\n" + paired
 
 
 def _names(valid):
@@ -335,7 +341,8 @@ def vit_study(args, train_net) -> int:
     }
     os.makedirs(args.results, exist_ok=True)
     atomic_write_bytes(os.path.join(args.results, "study_vit.json"),
-                       json.dumps({"meta": meta, "summary": summary, "runs": runs},
+                       json.dumps({"meta": meta, "summary": summary,
+                                   "paired": paired_differences(runs), "runs": runs},
                                   indent=1).encode())
     table = markdown_table(summary, protocols)
     atomic_write_bytes(os.path.join(args.results, "study_vit.md"),

@@ -20,6 +20,7 @@ from detectron2.modeling import build_model
 
 from ..data.build import build_multilabel_test_loader
 from ..engine.checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
+from ..study import mean_std
 from .bn_recalibration import recalibrated_bn
 from .multilabel_evaluator import multilabel_average_precision
 
@@ -31,7 +32,6 @@ __all__ = [
     "build_probe_model",
     "extract_features",
     "KNNProbeResult",
-    "mean_std",
     "random_seeds_of",
     "KNNProbe",
     "probe_datasets",
@@ -236,12 +236,6 @@ class KNNProbeResult:
         )
 
 
-def mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def random_seeds_of(cfg, first: int = 0) -> List[int]:
     """The random trunks' seeds: ``TEST.KNN_PROBE.RANDOM_SEEDS`` of them from ``first``."""
     return list(range(first, first + max(1, cfg.TEST.KNN_PROBE.RANDOM_SEEDS)))
@@ -370,8 +364,9 @@ def knn_probe(
 
 
 def _result(probe: KNNProbe, trained_map: float, randoms: Dict[int, float]) -> KNNProbeResult:
-    mean, std = mean_std(list(randoms.values()))
-    return KNNProbeResult(probe.k, trained_map, mean, probe.chance(), std, len(randoms),
+    stats = mean_std(list(randoms.values()))
+    return KNNProbeResult(probe.k, trained_map, stats["mean"], probe.chance(), stats["std"],
+                          len(randoms),
                           probe.recompute_bn, dict(randoms))
 
 

@@ -7,7 +7,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..engine.hooks import unwrap_model
-from .probe import KNNProbe, mean_std, probe_datasets, random_seeds_of
+from ..study import mean_std
+from .probe import KNNProbe, probe_datasets, random_seeds_of
 
 __all__ = ["KNNProbeHook", "build_probe_hook"]
 
@@ -54,7 +55,8 @@ class KNNProbeHook(HookBase):
         self._probe = self._factory()
         probe = self._probe
         seeds = random_seeds_of(probe.cfg)
-        mean, std = mean_std([self._run(lambda s=s: probe.random_map(s)) for s in seeds])
+        stats = mean_std([self._run(lambda s=s: probe.random_map(s)) for s in seeds])
+        mean, std = stats["mean"], stats["std"]
         if self.trainer.iter == 0:
             # a fresh run: its own initial trunk is the paired reference of every later value
             model = unwrap_model(self.trainer.model)
