@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "--python-version 3.10 --target <site-packages> sal-detectron2==0.7.2)."
     ) from e
 
-from .config import add_ssprl_config
+from .config import add_ssprl_config, load_config
 from .data.builtin import register_builtin_datasets, register_from_cfg
 from .modeling import MLS, SSPRL, LocalGlobal, MultiLabelClassifier, get_task
 
@@ -29,6 +29,7 @@ register_builtin_datasets()
 
 __all__ = [
     "add_ssprl_config",
+    "load_config",
     "get_task",
     "register_from_cfg",
     "LocalGlobal",

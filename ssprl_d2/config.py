@@ -4,9 +4,22 @@ SS-PRL's defaults are the paper's COCO recipe (METHODS.md section 1); where the 
 they are the authors' release. ``MODEL.MLS`` holds MLS's (METHODS.md section 4), which has no
 public code: where its paper is silent the comment says what was chosen and why.
 """
-from detectron2.config import CfgNode as CN
+from typing import Sequence
 
-__all__ = ["add_ssprl_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_ssprl_config", "load_config"]
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """A config of this project from a YAML file: Detectron2's defaults, :func:`add_ssprl_config`,
+    the file, then ``opts`` (KEY VALUE ... overrides); not frozen."""
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_ssprl_config(cfg: CN) -> None:
@@ -269,7 +282,8 @@ def _add_probe_config(cfg: CN) -> None:
     # training images, so trunks are compared by their weights, not by statistics of augmented
     # training crops or a random trunk's identity statistics; False: running statistics as stored
     _C.RECOMPUTE_BN = True
-    # random trunks probed alongside (seeds 0..N-1): their mean +- std is the reference
+    # random trunks probed alongside (N seeds from tools/probe.py's --seed, else from 0): their
+    # mean +- std is the seed-to-seed spread
     _C.RANDOM_SEEDS = 3
 
 

@@ -63,3 +63,12 @@ def test_a_network_without_batchnorm_is_left_alone():
     with recalibrated_bn(net, lambda b: calls.append(b), [torch.randn(1, 3)]) as count:
         assert count == 0
     assert calls == []  # no pass over the data when there is nothing to estimate
+
+
+def test_disabled_it_keeps_the_stored_statistics_and_runs_nothing():
+    net = _net().eval()
+    calls = []
+    with recalibrated_bn(net, lambda b: calls.append(b), [torch.randn(2, 3, 8, 8)],
+                         enabled=False) as count:
+        assert count == 0 and net[1].running_mean[0] == 5.0
+    assert calls == [] and net[1].running_var[0] == 9.0

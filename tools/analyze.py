@@ -20,21 +20,17 @@ import logging
 import sys
 from dataclasses import fields
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from ssprl_d2 import add_ssprl_config, register_from_cfg
+from ssprl_d2 import load_config, register_from_cfg
 from ssprl_d2.analysis import AnalysisOptions, write_report
 from ssprl_d2.engine.checkpoint import WeightsMismatchError
 
 
 def setup(args):
     """Config from the file and the command line, with the project's keys and datasets."""
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     register_from_cfg(cfg)
     cfg.freeze()
     return cfg

@@ -17,11 +17,10 @@ import platform
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import ssprl_d2  # noqa: F401
-from ssprl_d2 import add_ssprl_config
+from ssprl_d2 import load_config
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.benchmark import (
     bench_training_step,
@@ -50,10 +49,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     if args.device == "cpu":
         cfg.MODEL.RESNETS.NORM = cfg.MODEL.SSPRL.HEAD_NORM = "BN"

@@ -128,14 +128,9 @@ def main(argv=None) -> int:
 
 
 def _config_seed(config_file: str) -> int:
-    from detectron2.config import get_cfg
+    from ssprl_d2 import load_config
 
-    from ssprl_d2 import add_ssprl_config
-
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(config_file)
-    return cfg.SEED
+    return load_config(config_file).SEED
 
 
 def _newer(path: str, than: str) -> bool:

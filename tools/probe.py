@@ -26,10 +26,8 @@ import argparse
 import json
 import sys
 
-from detectron2.config import get_cfg
-
 import ssprl_d2  # noqa: F401  (registers the datasets)
-from ssprl_d2 import add_ssprl_config, register_from_cfg
+from ssprl_d2 import load_config, register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.engine import WeightsMismatchError
 from ssprl_d2.evaluation.object_probe import object_probe
@@ -53,10 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
 
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     register_from_cfg(cfg)
     train, test = probe_datasets(cfg, args.train_dataset or "", args.test_dataset or "")
     try:

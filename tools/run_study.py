@@ -103,14 +103,9 @@ def _run(train_net, config, opts, resume=False):
 
 def _load_cfg(config):
     """The project's config of a YAML file (Detectron2's defaults plus add_ssprl_config)."""
-    from detectron2.config import get_cfg
+    from ssprl_d2 import load_config
 
-    from ssprl_d2 import add_ssprl_config
-
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(config)
-    return cfg
+    return load_config(config)
 
 
 def finetune_mask_rcnn(train_net, config, weights, seed, iters, output_dir):

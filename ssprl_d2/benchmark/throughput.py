@@ -18,11 +18,10 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from ..atomic import atomic_write_bytes
-from ..config import add_ssprl_config
+from ..config import load_config
 from ..data.photometric import BatchPhotometric
 from .step import bench_training_step
 from .views import bench_view_generator, random_texture_images
@@ -35,10 +34,7 @@ QUICK_CONFIG = os.path.join(_REPO, "configs", "quick_schedules", "ssprl_R_18_cpu
 
 
 def _cfg(config_file: str, device: str, opts: Sequence[str] = ()):
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = device
     if device == "cpu":
         # SyncBN without a process group is plain BN; say so explicitly on the CPU

@@ -19,7 +19,7 @@ __all__ = ["recalibrated_bn"]
 
 @contextmanager
 def recalibrated_bn(
-    module: nn.Module, run: Callable[[object], object], batches: Iterable
+    module: nn.Module, run: Callable[[object], object], batches: Iterable, enabled: bool = True
 ) -> Iterator[int]:
     """Inside the block, every BatchNorm of ``module`` holds statistics of ``batches``.
 
@@ -33,13 +33,15 @@ def recalibrated_bn(
         module: the trunk (its BatchNorm layers are recalibrated; other layers keep their mode).
         run: called on each batch; must run ``module`` forward (e.g. feature extraction).
         batches: the images to estimate from (e.g. the probe's training loader).
+        enabled: False leaves the stored statistics in place (a no-op block), so a caller with a
+            switch needs no second code path.
 
     Yields:
         the number of BatchNorm layers recalibrated (0: nothing to do, e.g. a ViT).
     """
     layers: List[_BatchNorm] = [
         m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
-    ]
+    ] if enabled else []
     saved = [
         (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
          m.momentum, m.training)

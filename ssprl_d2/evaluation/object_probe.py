@@ -172,18 +172,14 @@ def object_probe(
     test_x, test_y = object_crops(test_dataset, size, cfg.INPUT.FORMAT)
     num_classes = pcfg.MODEL.MULTILABEL.NUM_CLASSES
 
+    # as the image probe: BN statistics of the training objects, for every trunk alike
+    batches = [[{"image": x} for x in train_x[i:i + 64]] for i in range(0, len(train_x), 64)]
+
     def accuracy(model: torch.nn.Module) -> float:
-        def run() -> float:
+        with recalibrated_bn(model.backbone, lambda b: model.pooled_features(model.preprocess(b)),
+                             batches, cfg.TEST.KNN_PROBE.RECOMPUTE_BN):
             return knn_accuracy(_pooled(model, train_x), train_y, _pooled(model, test_x), test_y,
                                 num_classes, k)
-
-        if not cfg.TEST.KNN_PROBE.RECOMPUTE_BN:
-            return run()
-        # as the image probe: BN statistics of the training objects, for every trunk alike
-        batches = [[{"image": x} for x in train_x[i:i + 64]] for i in range(0, len(train_x), 64)]
-        with recalibrated_bn(model.backbone,
-                             lambda b: model.pooled_features(model.preprocess(b)), batches):
-            return run()
 
     random_acc = accuracy(build_probe_model(pcfg, None, random_seed))
     trained_acc = accuracy(build_probe_model(pcfg, weights)) if weights else random_acc

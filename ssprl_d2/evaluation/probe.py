@@ -296,9 +296,8 @@ class KNNProbe:
         )
 
     def _map(self, model: torch.nn.Module, extract: Callable[[List[dict]], torch.Tensor]) -> float:
-        if not self.recompute_bn:
-            return self.map_of_extractor(extract)
-        with recalibrated_bn(model.backbone, extract, self.loaders[self.train_dataset]):
+        with recalibrated_bn(model.backbone, extract, self.loaders[self.train_dataset],
+                             self.recompute_bn):
             return self.map_of_extractor(extract)
 
     def map_of(self, model: torch.nn.Module) -> float:
@@ -366,8 +365,7 @@ def knn_probe(
 def _result(probe: KNNProbe, trained_map: float, randoms: Dict[int, float]) -> KNNProbeResult:
     stats = mean_std(list(randoms.values()))
     return KNNProbeResult(probe.k, trained_map, stats["mean"], probe.chance(), stats["std"],
-                          len(randoms),
-                          probe.recompute_bn, dict(randoms))
+                          len(randoms), probe.recompute_bn, dict(randoms))
 
 
 def knn_probe_pretrainer(
