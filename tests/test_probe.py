@@ -141,7 +141,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, PROBE, "--config-file", CPU_CONFIG, "--weights", path, "--k", "3",
          "--train-dataset", "probe_tool_set", "--test-dataset", "probe_tool_set",
-         "--objects", "--object-size", "24",
+         "--objects", "--object-size", "24", "--linear",
          "INPUT.MULTILABEL.CROP_SIZE", "32", "INPUT.MULTILABEL.RESIZE_SIZE", "36",
          "DATALOADER.NUM_WORKERS", "0", *register],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
@@ -150,6 +150,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "kNN mAP (k=3):" in proc.stdout and "random trunk:" in proc.stdout
     assert "object-crop kNN top-1 (k=3" in proc.stdout
+    assert "linear mAP (logistic, C=" in proc.stdout
 
 
 def test_object_knn_accuracy_is_high_on_separable_features_and_near_chance_on_random_ones():
@@ -235,3 +236,61 @@ def test_the_random_trunk_of_seed_s_is_where_pre_training_with_seed_s_starts(tin
         random = build_probe_model(probe_cfg(cfg, tiny_dataset), None, 7).backbone.state_dict()
         for name, value in start.items():
             assert torch.equal(value, random[name]), (meta, name)
+
+
+def test_the_linear_probe_separates_separable_features_and_not_random_ones():
+    from ssprl_d2.evaluation.linear_probe import linear_probe_map
+
+    gen = torch.Generator().manual_seed(3)
+    num_classes, dim = 5, 24
+    basis = torch.randn(num_classes, dim, generator=gen)
+    train_y, test_y = _multilabel(200, num_classes, gen), _multilabel(100, num_classes, gen)
+    noise = 0.5
+    train_x = train_y @ basis + noise * torch.randn(200, dim, generator=gen)
+    test_x = test_y @ basis + noise * torch.randn(100, dim, generator=gen)
+    separable, c = linear_probe_map(train_x, train_y, test_x, test_y)
+    assert separable > 90.0 and c in (0.01, 0.1, 1.0)
+    random_map, _ = linear_probe_map(torch.randn(200, dim, generator=gen), train_y,
+                                     torch.randn(100, dim, generator=gen), test_y)
+    assert abs(random_map - chance_map(test_y)) < 12.0
+
+
+def test_the_linear_probe_chooses_its_strength_without_the_test_labels():
+    from ssprl_d2.evaluation.linear_probe import cross_validated_c, linear_probe_map
+
+    gen = torch.Generator().manual_seed(4)
+    train_y, test_y = _multilabel(60, 3, gen), _multilabel(30, 3, gen)
+    # 40 noisy dimensions for 60 images: over-fitting, so the strength matters
+    basis = torch.randn(3, 40, generator=gen)
+    train_x = train_y @ basis * 0.3 + torch.randn(60, 40, generator=gen)
+    test_x = test_y @ basis * 0.3 + torch.randn(30, 40, generator=gen)
+    grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    _, c = linear_probe_map(train_x, train_y, test_x, test_y, grid)
+    _, c_flipped = linear_probe_map(train_x, train_y, test_x, 1.0 - test_y, grid)
+    assert c == c_flipped == cross_validated_c(train_x.double().numpy(), train_y.numpy(), grid)
+
+
+def test_the_linear_probe_scores_a_class_with_one_training_label_as_a_constant():
+    from ssprl_d2.evaluation.linear_probe import logistic_scores
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 4, generator=gen).double().numpy()
+    y = _multilabel(20, 2, gen).numpy()
+    y[:, 1] = 0.0  # class 1 never present in training
+    scores = logistic_scores(x, y, x[:5], 1.0)
+    assert scores.shape == (5, 2) and (scores[:, 1] == 0.0).all()
+    assert len(set(scores[:, 0].round(6))) > 1
+
+
+def test_the_linear_probe_runs_on_an_exported_trunk_next_to_random_trunks(tiny_dataset, tmp_path):
+    from ssprl_d2.evaluation.linear_probe import linear_probe
+
+    torch.manual_seed(0)
+    ckpt, pkl = str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pkl")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, ckpt)
+    convert_checkpoint(ckpt, pkl)
+    cfg = _probe_cfg(tiny_dataset)
+    result = linear_probe(cfg, pkl, tiny_dataset, tiny_dataset, random_seeds=[0, 1], grid=(1.0,))
+    assert 0.0 <= result.map <= 100.0 and result.random_seeds == 2 and result.c == 1.0
+    assert sorted(result.random_by_seed) == [0, 1] and result.recompute_bn
+    assert "linear mAP (logistic, C=1)" in result.summary() and "(2 seeds)" in result.summary()

@@ -4,9 +4,9 @@
 1. generate the embedded dataset if absent;
 2. pre-train SS-PRL (configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml);
 3. export the trunk (tools/convert_weights.py);
-4. probe it (tools/probe.py: kNN multi-label mAP next to random trunks, the first of them the
-   trunk pre-training started from, and chance), which shows whether pre-training learned
-   independently of the noisy detection numbers;
+4. probe it (tools/probe.py --linear: kNN and linear multi-label mAP next to random trunks, the
+   first of them the trunk pre-training started from, and chance), which shows whether
+   pre-training learned independently of the noisy detection numbers;
 5. fine-tune Mask R-CNN R18-FPN from it and from random initialisation, same schedule, and
    evaluate both with --eval-only (ssprl_d2.transfer.finetune_and_evaluate, as the transfer
    suite does); print box AP, mask AP and AP50 in the transfer suite's table (``--seeds 42 1 2``:
@@ -76,12 +76,14 @@ def main(argv=None) -> int:
     t = stage(3, total, "export the trunk")
     run(["tools/convert_weights.py", os.path.join(PRETRAIN_DIR, "model_final.pth"), WEIGHTS])
 
-    t = stage(4, total, "kNN multi-label probe of the exported trunk, next to random trunks")
+    t = stage(4, total, "kNN and linear multi-label probes of the exported trunk, next to random "
+                        "trunks")
     # the random trunk of the pre-training SEED is the trunk pre-training started from: the
     # first value in brackets is the paired reference, the mean +- std the seed-to-seed spread
     run(["tools/probe.py", "--config-file",
          os.path.join(QUICK, "multilabel_linear_R_18_cpu_synthetic.yaml"), "--weights", WEIGHTS,
-         "--seed", str(_config_seed(pretrain_config)), "--json", os.path.join(OUT, "probe.json")])
+         "--seed", str(_config_seed(pretrain_config)), "--linear",
+         "--json", os.path.join(OUT, "probe.json")])
 
     t = stage(5, total, "fine-tune Mask R-CNN R18-FPN (SS-PRL weights and random init), then "
                         "evaluate on ssprl_synthetic_val (--eval-only)")

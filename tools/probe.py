@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""kNN multi-label probe of a trunk, next to a random trunk of the same depth (seconds on a CPU).
+"""kNN (and linear) multi-label probe of a trunk, next to random trunks of the same depth.
 
     # SS-PRL checkpoint, embedded dataset (train -> val), 96-px centre crops of the linear config
     python tools/probe.py \
@@ -18,6 +18,9 @@ DATASETS.TEST[0] (or ssprl_synthetic_val when the config has no test set). Both 
 on weights that do not fit the trunk. Every trunk, the random ones included, gets BN statistics
 re-estimated on the probe's training images first (``TEST.KNN_PROBE.RECOMPUTE_BN False`` keeps
 the stored ones); ``TEST.KNN_PROBE.RANDOM_SEEDS`` sets how many random trunks (default 3).
+``--linear`` adds the linear probe (ssprl_d2/evaluation/linear_probe.py): a logistic regression
+per class on the same frozen features, its strength cross-validated on the training split,
+printed next to the same probe on the random trunks; seconds on the embedded dataset.
 ``--objects`` adds the object-crop probe (ssprl_d2/evaluation/object_probe.py): the kNN top-1
 category of every annotated object's padded box crop, next to the random trunk and
 the majority class; it shows what happened to the objects' features, backgrounds hardly enter.
@@ -30,6 +33,7 @@ import ssprl_d2  # noqa: F401  (registers the datasets)
 from ssprl_d2 import load_config, register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.linear_probe import linear_probe
 from ssprl_d2.evaluation.object_probe import object_probe
 from ssprl_d2.evaluation.probe import knn_probe, probe_datasets, random_seeds_of
 
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-dataset", help="registered dataset that is scored")
     p.add_argument("--seed", type=int, default=0, help="first seed of the random trunks "
                    "(TEST.KNN_PROBE.RANDOM_SEEDS of them; the object probe uses this one)")
+    p.add_argument("--linear", action="store_true", help="also the linear probe: logistic "
+                   "regression per class on the frozen features, next to the random trunks")
     p.add_argument("--objects", action="store_true", help="also the object-crop probe: kNN "
                    "top-1 category of every annotated object's box crop (needs instance boxes)")
     p.add_argument("--object-size", type=int, default=64, help="side of the object crops")
@@ -63,6 +69,10 @@ def main(argv=None) -> int:
     print(f"{train} -> {test}, weights {args.weights}")
     print(result.summary())
     record = {"weights": args.weights, "train": train, "test": test, **vars(result)}
+    if args.linear:
+        linear = linear_probe(cfg, args.weights, train, test, random_seeds_of(cfg, args.seed))
+        print(linear.summary())
+        record["linear"] = vars(linear)
     if args.objects:
         objects = object_probe(cfg, args.weights, train, test, args.k, args.object_size, args.seed)
         print(objects.summary())

@@ -32,6 +32,8 @@ __all__ = [
     "build_probe_model",
     "extract_features",
     "KNNProbeResult",
+    "ProbeFeatures",
+    "random_spread",
     "random_seeds_of",
     "KNNProbe",
     "probe_datasets",
@@ -194,7 +196,7 @@ def extract_features(model: torch.nn.Module, loader) -> Tuple[torch.Tensor, torc
         ((N, D) float features, (N, C) float labels), in loader order.
     """
     model.eval()
-    return _features(lambda batch: model.pooled_features(model.preprocess(batch)), loader)
+    return _features(_classifier_extractor(model), loader)
 
 
 @torch.no_grad()
@@ -204,6 +206,30 @@ def _features(extract, loader) -> Tuple[torch.Tensor, torch.Tensor]:
         feats.append(extract(batch).float().cpu())
         labels.append(torch.stack([torch.as_tensor(x["labels"]) for x in batch]).float())
     return torch.cat(feats), torch.cat(labels)
+
+
+@dataclass
+class ProbeFeatures:
+    """Pooled trunk features and multi-hot labels of a probe's training and test images."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def _classifier_extractor(model: torch.nn.Module) -> Callable[[List[dict]], torch.Tensor]:
+    return lambda batch: model.pooled_features(model.preprocess(batch))
+
+
+def random_spread(std: float, seeds: int, by_seed: Dict[int, float]) -> str:
+    """" +- std (N seeds) [seed a/b/c: x / y / z]": the random trunks' spread, for summaries."""
+    spread = f" +- {std:.1f} ({seeds} seeds)" if seeds > 1 else ""
+    if by_seed:
+        names = "/".join(str(s) for s in by_seed)
+        values = " / ".join(f"{v:.1f}" for v in by_seed.values())
+        spread += f" [seed {names}: {values}]"
+    return spread
 
 
 @dataclass
@@ -222,13 +248,7 @@ class KNNProbeResult:
     random_by_seed: Dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        spread = ""
-        if self.random_seeds > 1:
-            spread = f" +- {self.random_std:.1f} ({self.random_seeds} seeds)"
-        if self.random_by_seed:
-            seeds = "/".join(str(s) for s in self.random_by_seed)
-            values = " / ".join(f"{v:.1f}" for v in self.random_by_seed.values())
-            spread += f" [seed {seeds}: {values}]"
+        spread = random_spread(self.random_std, self.random_seeds, self.random_by_seed)
         bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
         return (
             f"kNN mAP (k={self.k}): {self.map:.1f}  |  random trunk: {self.random_map:.1f}"
@@ -287,23 +307,35 @@ class KNNProbe:
         self.classes = MetadataCatalog.get(test_dataset).get("thing_classes")
         self.test_labels: Optional[torch.Tensor] = None
 
-    def map_of_extractor(self, extract: Callable[[List[dict]], torch.Tensor]) -> float:
-        """kNN mAP (percent) of any features: ``extract`` maps a loader batch to (B, D)."""
+    def features_of_extractor(self, extract: Callable[[List[dict]], torch.Tensor]) -> ProbeFeatures:
+        """Features and labels of both splits: ``extract`` maps a loader batch to (B, D)."""
         train_x, train_y = _features(extract, self.loaders[self.train_dataset])
         test_x, self.test_labels = _features(extract, self.loaders[self.test_dataset])
-        return knn_map(
-            train_x, train_y, test_x, self.test_labels, self.k, self.weighted, self.classes
-        )
+        return ProbeFeatures(train_x, train_y, test_x, self.test_labels)
 
-    def _map(self, model: torch.nn.Module, extract: Callable[[List[dict]], torch.Tensor]) -> float:
+    def _knn(self, f: ProbeFeatures) -> float:
+        return knn_map(f.train_x, f.train_y, f.test_x, f.test_y, self.k, self.weighted,
+                       self.classes)
+
+    def map_of_extractor(self, extract: Callable[[List[dict]], torch.Tensor]) -> float:
+        """kNN mAP (percent) of any features: ``extract`` maps a loader batch to (B, D)."""
+        return self._knn(self.features_of_extractor(extract))
+
+    def _features_with_bn(self, model: torch.nn.Module,
+                          extract: Callable[[List[dict]], torch.Tensor]) -> ProbeFeatures:
         with recalibrated_bn(model.backbone, extract, self.loaders[self.train_dataset],
                              self.recompute_bn):
-            return self.map_of_extractor(extract)
+            return self.features_of_extractor(extract)
+
+    def features_of(self, model: torch.nn.Module) -> ProbeFeatures:
+        """A ``MultiLabelClassifier``'s pooled trunk features of both splits, with this probe's
+        BN treatment (statistics restored afterwards)."""
+        model.eval()
+        return self._features_with_bn(model, _classifier_extractor(model))
 
     def map_of(self, model: torch.nn.Module) -> float:
         """kNN mAP (percent) of a ``MultiLabelClassifier``'s pooled trunk features."""
-        model.eval()
-        return self._map(model, lambda batch: model.pooled_features(model.preprocess(batch)))
+        return self._knn(self.features_of(model))
 
     def map_of_pretrainer(self, model: torch.nn.Module) -> float:
         """kNN mAP of a pre-trainer's own inference ``"features"`` (any meta-architecture here).
@@ -313,9 +345,9 @@ class KNNProbe:
         was_training = model.training
         model.eval()
         try:
-            return self._map(
+            return self._knn(self._features_with_bn(
                 model, lambda batch: torch.stack([o["features"] for o in model(batch)])
-            )
+            ))
         finally:
             model.train(was_training)
 
