@@ -23,5 +23,6 @@ setup(
         "kornia",
         "timm",
         "scikit-learn",
+        "PyYAML",
     ],
 )

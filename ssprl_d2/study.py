@@ -9,12 +9,15 @@ The study is resumable: every evaluation job of a (variant, seed) run writes
 :func:`pretrained_checkpoint` does the same for a pre-training's ``model_final.pth``.
 """
 import glob
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import yaml
 
 from .atomic import atomic_write_bytes
 
@@ -27,6 +30,7 @@ __all__ = [
     "PRETRAIN_CONFIGS",
     "DEFAULT_PRETRAIN_CONFIG",
     "pretrain_config",
+    "config_files_sha256",
     "aggregate",
     "markdown_table",
     "mean_std",
@@ -211,17 +215,64 @@ def run_dir(out: str, variant: str, seed: int) -> str:
     return os.path.join(out, f"seed{seed}", tag)
 
 
+# spec keys that older studies did not record: a stored spec without one is compared without it
+_UNRECORDED_BEFORE = ("config_sha256",)
+
+
+def config_files_sha256(path: str) -> str:
+    """SHA-256 of a config file and its ``_BASE_`` chain (bases first), for a result's spec.
+
+    A cached result names its config; the hash makes an edited config (or an edited base) a
+    different spec, so its results are recomputed instead of read back.
+
+    Args:
+        path: a Detectron2 YAML config; ``_BASE_`` is resolved as Detectron2 does (relative to
+            the file's folder, ``~`` expanded).
+
+    Returns:
+        the hex digest.
+    """
+    digest = hashlib.sha256()
+
+    def add(file: str) -> None:
+        with open(file, "rb") as f:
+            content = f.read()
+        base = (yaml.safe_load(content) or {}).get("_BASE_")
+        if base:
+            base = os.path.expanduser(base)
+            add(base if os.path.isabs(base) else os.path.join(os.path.dirname(file), base))
+        digest.update(content)
+
+    add(path)
+    return digest.hexdigest()
+
+
+def _without_unrecorded(want: Any, found: Any) -> Any:
+    """``want`` without the keys of :data:`_UNRECORDED_BEFORE` that ``found`` lacks, nested."""
+    if not (isinstance(want, dict) and isinstance(found, dict)):
+        return want
+    return {
+        k: _without_unrecorded(v, found.get(k))
+        for k, v in want.items()
+        if k in found or k not in _UNRECORDED_BEFORE
+    }
+
+
 def _json_roundtrip(spec: Mapping) -> Any:
     # tuples become lists: a spec compares equal to the one read back from disk
     return json.loads(json.dumps(spec))
 
 
 def _check_spec(found: Any, spec: Mapping, path: str) -> None:
-    if found != _json_roundtrip(spec):
+    want = _json_roundtrip(spec)
+    comparable = _without_unrecorded(want, found)
+    if found != comparable:
         raise StaleResultError(
-            f"{path} was made with {found}, this study asks for {_json_roundtrip(spec)}: "
+            f"{path} was made with {found}, this study asks for {want}: "
             "use another --out, or delete that folder to recompute it"
         )
+    if comparable != want:
+        logger.warning(f"{path} predates config hashing: trusted by its config's name")
 
 
 def read_result(job_dir: str, spec: Mapping) -> Optional[Dict[str, float]]:

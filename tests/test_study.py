@@ -15,6 +15,7 @@ from ssprl_d2.study import (
     StaleResultError,
     aggregate,
     cached_result,
+    config_files_sha256,
     evaluate_run,
     finished_records,
     markdown_table,
@@ -224,3 +225,40 @@ def test_paired_differences_subtract_random_init_of_the_same_seed_only():
     assert d["mean"] == 2.0 and abs(d["std"] - 2 ** 0.5) < 1e-9
     table = paired_table(paired, ["kNN mAP", "linear mAP"])
     assert "| SwAV | +2.0 +- 1.4 (n=2: +1.0 / +3.0) | - |" in table
+
+
+def test_an_edited_config_or_base_makes_its_cached_results_stale(tmp_path):
+    (tmp_path / "base").mkdir()
+    base, child = tmp_path / "base" / "Base.yaml", tmp_path / "child.yaml"
+    base.write_text("SOLVER:\n  BASE_LR: 0.1\n")
+    child.write_text('_BASE_: "base/Base.yaml"\nSEED: 3\n')
+    first = config_files_sha256(str(child))
+    job = tmp_path / "job"
+    spec = {"config": "child.yaml", "config_sha256": first, "pretrain": None}
+    assert cached_result(str(job), spec, lambda: {"m": 1.0}) == {"m": 1.0}
+
+    def must_not_run():
+        raise AssertionError("a finished job ran again")
+
+    assert cached_result(str(job), spec, must_not_run) == {"m": 1.0}
+    base.write_text("SOLVER:\n  BASE_LR: 0.2\n")  # the base changes, the file names do not
+    second = config_files_sha256(str(child))
+    assert second != first
+    with pytest.raises(StaleResultError):
+        cached_result(str(job), {**spec, "config_sha256": second}, must_not_run)
+
+
+def test_a_result_recorded_before_config_hashing_is_trusted_by_its_config_name(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    old = {"config": "a.yaml", "pretrain": {"config": "p.yaml", "iters": 800}}
+    (job / RESULT_FILE).write_text(json.dumps({"spec": old, "metrics": {"m": 2.0}}))
+    new = {"config": "a.yaml", "config_sha256": "ab",
+           "pretrain": {"config": "p.yaml", "config_sha256": "cd", "iters": 800}}
+    assert cached_result(str(job), new, lambda: {"m": 0.0}) == {"m": 2.0}
+    # everything that was recorded is still compared
+    with pytest.raises(StaleResultError):
+        cached_result(str(job), {**new, "config": "b.yaml"}, lambda: {"m": 0.0})
+    with pytest.raises(StaleResultError):
+        cached_result(str(job), {**new, "pretrain": {**new["pretrain"], "iters": 80}},
+                      lambda: {"m": 0.0})

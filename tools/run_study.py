@@ -61,6 +61,7 @@ from ssprl_d2.study import (  # noqa: E402
     VIT_PRETRAIN_CONFIG,
     VIT_VARIANTS,
     aggregate,
+    config_files_sha256,
     evaluate_run,
     finished_records,
     markdown_table,
@@ -149,14 +150,17 @@ def _pretrain_spec(variant, args):
     opts = VARIANTS[variant]
     if opts is None:
         return None
-    return {"config": pretrain_config(variant), "opts": opts, "iters": args.pretrain_iters}
+    config = pretrain_config(variant)
+    return {"config": config, "config_sha256": config_files_sha256(os.path.join(QUICK, config)),
+            "opts": opts, "iters": args.pretrain_iters}
 
 
 def _spec(variant, seed, job, args):
     """Everything a job's result depends on, stored with it and checked when read back."""
     config, extra = EVAL_JOBS[job]
     return {"variant": variant, "seed": seed, "pretrain": _pretrain_spec(variant, args),
-            "config": config, "opts": [*extra, *_eval_opts(job, args)]}
+            "config": config, "config_sha256": config_files_sha256(os.path.join(QUICK, config)),
+            "opts": [*extra, *_eval_opts(job, args)]}
 
 
 def _pretrained_trunk(train_net, variant, seed, directory, args):
