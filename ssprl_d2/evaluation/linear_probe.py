@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..study import mean_std
 from .multilabel_evaluator import multilabel_average_precision
-from .probe import KNNProbe, build_probe_model, random_seeds_of, random_spread
+from .probe import KNNProbe, build_probe_model, probe_summary, random_seeds_of
 
 __all__ = [
     "C_GRID",
@@ -142,12 +142,7 @@ class LinearProbeResult:
     random_by_seed: Dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        spread = random_spread(self.random_std, self.random_seeds, self.random_by_seed)
-        bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
-        return (
-            f"linear mAP (logistic, C={self.c:g}): {self.map:.1f}  |  random trunk: "
-            f"{self.random_map:.1f}{spread}  |  chance: {self.chance:.1f}  ({bn})"
-        )
+        return probe_summary(f"linear mAP (logistic, C={self.c:g})", self)
 
 
 def linear_probe(

@@ -33,7 +33,7 @@ __all__ = [
     "extract_features",
     "KNNProbeResult",
     "ProbeFeatures",
-    "random_spread",
+    "probe_summary",
     "random_seeds_of",
     "KNNProbe",
     "probe_datasets",
@@ -222,14 +222,24 @@ def _classifier_extractor(model: torch.nn.Module) -> Callable[[List[dict]], torc
     return lambda batch: model.pooled_features(model.preprocess(batch))
 
 
-def random_spread(std: float, seeds: int, by_seed: Dict[int, float]) -> str:
-    """" +- std (N seeds) [seed a/b/c: x / y / z]": the random trunks' spread, for summaries."""
-    spread = f" +- {std:.1f} ({seeds} seeds)" if seeds > 1 else ""
-    if by_seed:
-        names = "/".join(str(s) for s in by_seed)
-        values = " / ".join(f"{v:.1f}" for v in by_seed.values())
+def probe_summary(label: str, result) -> str:
+    """One line: the trunk's mAP, the random trunks' mean +- std and values by seed, chance.
+
+    Args:
+        label: what was measured, e.g. "kNN mAP (k=20)".
+        result: a probe result (``map``, ``random_map``, ``random_std``, ``random_seeds``,
+            ``random_by_seed``, ``chance``, ``recompute_bn``).
+    """
+    spread = ""
+    if result.random_seeds > 1:
+        spread = f" +- {result.random_std:.1f} ({result.random_seeds} seeds)"
+    if result.random_by_seed:
+        names = "/".join(str(s) for s in result.random_by_seed)
+        values = " / ".join(f"{v:.1f}" for v in result.random_by_seed.values())
         spread += f" [seed {names}: {values}]"
-    return spread
+    bn = "BN statistics recomputed on the probe images" if result.recompute_bn else "running BN"
+    return (f"{label}: {result.map:.1f}  |  random trunk: {result.random_map:.1f}{spread}  |  "
+            f"chance: {result.chance:.1f}  ({bn})")
 
 
 @dataclass
@@ -248,12 +258,7 @@ class KNNProbeResult:
     random_by_seed: Dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        spread = random_spread(self.random_std, self.random_seeds, self.random_by_seed)
-        bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
-        return (
-            f"kNN mAP (k={self.k}): {self.map:.1f}  |  random trunk: {self.random_map:.1f}"
-            f"{spread}  |  chance: {self.chance:.1f}  ({bn})"
-        )
+        return probe_summary(f"kNN mAP (k={self.k})", self)
 
 
 def random_seeds_of(cfg, first: int = 0) -> List[int]:
