@@ -123,6 +123,10 @@ def _add_mls_config(cfg: CN) -> None:
     # the query and its key in one small batch); "shuffle" is MoCo v2's shuffle-BN (keys shuffled
     # across processes before the key encoder, per-process BN; no effect with one process)
     _C.KEY_BN = "sync"
+    # both encoders (trunk and head) run on BN_SPLITS equal parts of each process's batch, so
+    # batch norm sees batch / BN_SPLITS images; with KEY_BN "shuffle" the keys are permuted
+    # before the split: MoCo's shuffle-BN emulated on one process (its CIFAR demo's split BN)
+    _C.BN_SPLITS = 1
     # C, number of ground-truth classes for the pseudo-label precision scalar (the fraction of a
     # query's top-k pseudo-positives sharing one of its classes); 0 switches it off. Needs an
     # annotated DATASETS.TRAIN (category ids 0..C-1); the labels are never used for training

@@ -16,7 +16,9 @@ from util import REPO, set_keys
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.modeling.distributed import (
     concat_all_gather,
+    local_permutation,
     shuffle_across_processes,
+    split_batch,
     unshuffle_across_processes,
 )
 from ssprl_d2.modeling.mls import multi_hot
@@ -28,6 +30,7 @@ from ssprl_d2.modeling.mls_loss import (
     topk_pseudo_labels,
 )
 from ssprl_d2.modeling.momentum import ema_update_, momentum_copy
+from ssprl_d2.modeling.pretrainer import pooled_trunk_features
 from ssprl_d2.modeling.queue import AlignedDictionary
 
 MLS_CPU_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "mls_R_18_cpu_synthetic.yaml")
@@ -235,6 +238,43 @@ def test_symmetric_loss_pushes_both_views_and_inference_gives_pooled_features():
     model.eval()
     out = model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}] * 2)
     assert out[0]["features"].shape == (512,)
+
+
+def test_split_bn_normalises_each_part_alone_and_keys_come_back_in_order():
+    torch.manual_seed(0)
+    model = build_model(mls_tiny_cfg(**{"MODEL.MLS.BN_SPLITS": 2, "MODEL.MLS.KEY_BN": "shuffle"}))
+    model.train()
+    images = torch.randn(4, 3, 32, 32)
+    # queries: batch norm over each half only, so changing the second half leaves the first
+    g, _ = model._query(images)
+    changed = images.clone()
+    changed[2:] = torch.randn(2, 3, 32, 32)
+    g2, _ = model._query(changed)
+    torch.testing.assert_close(g2[:2], g[:2])
+    assert not torch.allclose(g2[2:], g[2:])
+    whole = model.bn_splits
+    model.bn_splits = 1
+    assert not torch.allclose(model._query(images)[0][:2], g[:2])  # the whole batch differs
+    model.bn_splits = whole
+    # keys: permuted before the split, returned in the input's order
+    perm = local_permutation(4, 7, images.device)
+    with torch.no_grad():
+        expected = torch.cat([
+            pooled_trunk_features(model.key_backbone, model.in_feature, part)
+            for part in split_batch(images[perm], 2)
+        ])
+    keys_g, keys_z = model._keys(images, seed=7)
+    torch.testing.assert_close(keys_g[perm], F.normalize(expected, dim=1))
+    assert keys_z.shape == (4, 16)
+
+
+def test_bn_splits_must_divide_the_batch():
+    with pytest.raises(ValueError, match="BN_SPLITS"):
+        build_model(mls_tiny_cfg(**{"MODEL.MLS.BN_SPLITS": 0}))
+    model = build_model(mls_tiny_cfg(**{"MODEL.MLS.BN_SPLITS": 3}))
+    model.train()
+    with pytest.raises(ValueError, match="cannot be split into 3"):
+        model(mls_batch(4))
 
 
 def test_mls_refuses_a_pyramid_layout():

@@ -1,7 +1,8 @@
 """Tensor collectives of the pre-trainers: MoCo's gather of keys and its batch shuffle.
 
-Every function is the identity on one process; ``torch.distributed`` is touched only when the
-world size is above one (as :func:`~ssprl_d2.modeling.sinkhorn.sinkhorn`).
+The collectives are the identity on one process; ``torch.distributed`` is touched only when the
+world size is above one (as :func:`~ssprl_d2.modeling.sinkhorn.sinkhorn`). Shuffle-BN within one
+process (:func:`local_permutation`, :func:`split_batch`) is local by construction.
 """
 from typing import Optional, Tuple
 
@@ -9,7 +10,13 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
-__all__ = ["concat_all_gather", "shuffle_across_processes", "unshuffle_across_processes"]
+__all__ = [
+    "concat_all_gather",
+    "shuffle_across_processes",
+    "unshuffle_across_processes",
+    "local_permutation",
+    "split_batch",
+]
 
 
 @torch.no_grad()
@@ -74,3 +81,40 @@ def unshuffle_across_processes(x: torch.Tensor, inverse: torch.Tensor) -> torch.
     gathered = concat_all_gather(x)
     n = x.shape[0]
     return gathered[inverse.view(world, n)[comm.get_rank()]]
+
+
+def local_permutation(n: int, seed: Optional[int], device: torch.device) -> torch.Tensor:
+    """A random permutation of one process's n rows (shuffle-BN within a split batch).
+
+    Args:
+        n: number of rows.
+        seed: seeds it (a resumed run permutes as the uninterrupted one did); None draws from
+            torch's global generator.
+        device: where the permutation lives.
+
+    Returns:
+        (n,) long tensor.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def split_batch(x: torch.Tensor, splits: int) -> Tuple[torch.Tensor, ...]:
+    """``x`` cut into ``splits`` equal parts along the batch dimension (in order).
+
+    Args:
+        x: (N, ...) with N divisible by ``splits``.
+        splits: number of parts, >= 1.
+
+    Returns:
+        ``splits`` tensors of (N / splits, ...).
+
+    Raises:
+        ValueError: N is not a multiple of ``splits``.
+    """
+    if splits < 1 or x.shape[0] % splits:
+        raise ValueError(
+            f"a batch of {x.shape[0]} cannot be split into {splits} equal parts "
+            "(MODEL.MLS.BN_SPLITS must divide the per-process batch)"
+        )
+    return torch.chunk(x, splits) if splits > 1 else (x,)

@@ -11,7 +11,13 @@ from torch import nn
 
 from ..data.augmentation import build_photometric
 from ..data.views import CropSpec, build_view_layout
-from .distributed import concat_all_gather, shuffle_across_processes, unshuffle_across_processes
+from .distributed import (
+    concat_all_gather,
+    local_permutation,
+    shuffle_across_processes,
+    split_batch,
+    unshuffle_across_processes,
+)
 from .heads import ProjectionHead
 from .mls_loss import (
     info_nce,
@@ -96,6 +102,7 @@ class MLS(NoRankStateMixin, nn.Module):
         ml_weight: float = 0.5,
         symmetric: bool = False,
         key_bn: str = "sync",
+        bn_splits: int = 1,
         precision_classes: int = 0,
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
@@ -114,6 +121,9 @@ class MLS(NoRankStateMixin, nn.Module):
             ml_weight: w, weight of L_ml.
             symmetric: add the swapped term (view 2 queries against view 1 keys).
             key_bn: "sync" (the trunk's own norm) or "shuffle" (MoCo v2's shuffle-BN).
+            bn_splits: both encoders run on this many equal parts of the local batch, so batch
+                norm sees a part only; with ``key_bn`` "shuffle" the keys are permuted before
+                they are split (MoCo's shuffle-BN on one process). 1: the whole batch.
             precision_classes: C for the pseudo-label precision scalar; 0 switches it off.
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
@@ -128,6 +138,8 @@ class MLS(NoRankStateMixin, nn.Module):
             )
         if key_bn not in KEY_BN_MODES:
             raise ValueError(f"MODEL.MLS.KEY_BN must be one of {KEY_BN_MODES}, got {key_bn!r}")
+        if bn_splits < 1:
+            raise ValueError(f"MODEL.MLS.BN_SPLITS must be >= 1, got {bn_splits}")
         if top_k < 1 or top_k > dictionary_length:
             raise ValueError(f"TOP_K {top_k} must be in 1..DICTIONARY_LENGTH {dictionary_length}")
         self.backbone = backbone
@@ -151,6 +163,7 @@ class MLS(NoRankStateMixin, nn.Module):
         self.ml_weight = ml_weight
         self.symmetric = symmetric
         self.key_bn = key_bn
+        self.bn_splits = bn_splits
         self.precision_classes = precision_classes
         self.photometric = photometric
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -185,6 +198,7 @@ class MLS(NoRankStateMixin, nn.Module):
             "ml_weight": c.ML_WEIGHT,
             "symmetric": c.SYMMETRIC,
             "key_bn": c.KEY_BN,
+            "bn_splits": c.BN_SPLITS,
             "precision_classes": c.PRECISION_CLASSES,
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -202,19 +216,36 @@ class MLS(NoRankStateMixin, nn.Module):
         return []
 
     # ---------------------------------------------------------------- encoders
+    def _encode(
+        self, backbone: nn.Module, head: nn.Module, images: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        # (g, z) of one encoder, batch norm over BN_SPLITS parts of the batch separately
+        outputs = []
+        for part in split_batch(images, self.bn_splits):
+            g = pooled_trunk_features(backbone, self.in_feature, part, self.channels_last)
+            outputs.append((g, head(g)))
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
     def _query(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        g = pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
-        return g, self.head(g)
+        return self._encode(self.backbone, self.head, images)
 
     @torch.no_grad()
     def _keys(self, images: torch.Tensor, seed: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        # (normalised g, z) of the key encoder, shuffled across processes for shuffle-BN
-        if self.key_bn == "shuffle":
+        # (normalised g, z) of the key encoder, shuffled (across processes, then within this
+        # one when its batch is split) for shuffle-BN
+        shuffle = self.key_bn == "shuffle"
+        local = shuffle and self.bn_splits > 1
+        if shuffle:
             images, inverse = shuffle_across_processes(images, seed)
-        g = pooled_trunk_features(self.key_backbone, self.in_feature, images, self.channels_last)
-        z = self.key_head(g)
+        if local:
+            perm = local_permutation(images.shape[0], seed, images.device)
+            images = images[perm]
+        g, z = self._encode(self.key_backbone, self.key_head, images)
         g = F.normalize(g.float(), dim=1)
-        if self.key_bn == "shuffle":
+        if local:
+            order = torch.argsort(perm)
+            g, z = g[order], z[order]
+        if shuffle:
             g, z = unshuffle_across_processes(g, inverse), unshuffle_across_processes(z, inverse)
         return g, z
 
