@@ -3,8 +3,8 @@
 A property of learning, not of time: a short, shrunk run of the schedule in
 configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml (its optimiser, learning rate, freeze and
 queue start; smaller crops, heads and batch) must end with predictions at every pyramid scale
-clearly more confident than at its start, with the prototypes in use. Issue 13: the schedule
-fails this today (entropies rise from about 0.6 towards 1), see results/cpu_schedule.md.
+clearly more confident than at its start, with the prototypes in use. Issue 13 (blocked): the
+schedule fails this today (entropies rise from about 0.6 towards 1), see results/cpu_schedule.md.
 """
 import statistics
 
@@ -49,7 +49,8 @@ def _short_run(small_data, tmp_path, max_iter, extra=()):  # noqa: F811
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 13 open: no CPU schedule found yet whose entropy falls (results/cpu_schedule.md)",
+    reason="issue 13 (blocked): no CPU schedule found whose entropy falls "
+    "(results/cpu_schedule.md)",
 )
 def test_prediction_entropy_falls_at_every_scale(small_data, tmp_path):  # noqa: F811
     record = _short_run(small_data, tmp_path, 40)

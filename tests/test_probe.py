@@ -141,7 +141,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, PROBE, "--config-file", CPU_CONFIG, "--weights", path, "--k", "3",
          "--train-dataset", "probe_tool_set", "--test-dataset", "probe_tool_set",
-         "--objects", "--object-size", "24", "--linear",
+         "--objects", "--object-size", "24", "--linear", "--colour-histogram",
          "INPUT.MULTILABEL.CROP_SIZE", "32", "INPUT.MULTILABEL.RESIZE_SIZE", "36",
          "DATALOADER.NUM_WORKERS", "0", *register],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
@@ -151,6 +151,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     assert "kNN mAP (k=3):" in proc.stdout and "random trunk:" in proc.stdout
     assert "object-crop kNN top-1 (k=3" in proc.stdout
     assert "linear mAP (logistic, C=" in proc.stdout
+    assert "colour histogram (8^3 bins, no network): kNN mAP (k=3)" in proc.stdout
 
 
 def test_object_knn_accuracy_is_high_on_separable_features_and_near_chance_on_random_ones():
@@ -294,3 +295,30 @@ def test_the_linear_probe_runs_on_an_exported_trunk_next_to_random_trunks(tiny_d
     assert 0.0 <= result.map <= 100.0 and result.random_seeds == 2 and result.c == 1.0
     assert sorted(result.random_by_seed) == [0, 1] and result.recompute_bn
     assert "linear mAP (logistic, C=1)" in result.summary() and "(2 seeds)" in result.summary()
+
+
+def test_colour_histograms_count_pixels_per_colour_cell():
+    from ssprl_d2.evaluation.colour_reference import colour_histogram
+
+    image = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    image[0, 0, :, 2:] = 255  # right half pure red, left half black
+    h = colour_histogram(image, bins=2)
+    # cells (r, g, b) -> index (r * 2 + g) * 2 + b: black 0, red 4; half the pixels each
+    expected = torch.zeros(1, 8)
+    expected[0, 0] = expected[0, 4] = 0.5 ** 0.5
+    torch.testing.assert_close(h, expected)
+    assert torch.allclose(colour_histogram(torch.randint(0, 256, (3, 3, 8, 8)), 8).norm(dim=1),
+                          torch.ones(3))
+    with pytest.raises(ValueError, match="expected"):
+        colour_histogram(torch.zeros(3, 4, 4))
+
+
+def test_the_colour_reference_keeps_each_image_with_its_labels(tiny_dataset):
+    from ssprl_d2.evaluation.colour_reference import colour_reference
+
+    cfg = _probe_cfg(tiny_dataset)
+    result = colour_reference(cfg, tiny_dataset, tiny_dataset, k=1, bins=4)
+    # scored on its own training images with k = 1, every image's neighbour is itself, so the
+    # scores are its own labels: mAP 100 unless features and labels were misaligned
+    assert result.knn_map == pytest.approx(100.0)
+    assert 0.0 <= result.linear_map <= 100.0 and result.bins == 4

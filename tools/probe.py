@@ -24,6 +24,10 @@ printed next to the same probe on the random trunks; seconds on the embedded dat
 ``--objects`` adds the object-crop probe (ssprl_d2/evaluation/object_probe.py): the kNN top-1
 category of every annotated object's padded box crop, next to the random trunk and
 the majority class; it shows what happened to the objects' features, backgrounds hardly enter.
+``--colour-histogram`` adds a reference without a network (ssprl_d2/evaluation/colour_reference.py):
+both probes on square-rooted RGB histograms of the same crops; a trunk that does not beat it has
+learnt nothing a colour histogram lacks (on the embedded dataset colour alone scores far higher
+than any CPU-trained trunk: results/cpu_schedule.md).
 """
 import argparse
 import json
@@ -33,6 +37,7 @@ import ssprl_d2  # noqa: F401  (registers the datasets)
 from ssprl_d2 import load_config, register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.engine import WeightsMismatchError
+from ssprl_d2.evaluation.colour_reference import colour_reference
 from ssprl_d2.evaluation.linear_probe import linear_probe
 from ssprl_d2.evaluation.object_probe import object_probe
 from ssprl_d2.evaluation.probe import knn_probe, probe_datasets, random_seeds_of
@@ -53,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--objects", action="store_true", help="also the object-crop probe: kNN "
                    "top-1 category of every annotated object's box crop (needs instance boxes)")
     p.add_argument("--object-size", type=int, default=64, help="side of the object crops")
+    p.add_argument("--colour-histogram", action="store_true", help="also both probes on "
+                   "colour histograms of the same crops (a reference without a network)")
     p.add_argument("--json", help="also write the result to this JSON file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
@@ -77,6 +84,10 @@ def main(argv=None) -> int:
         objects = object_probe(cfg, args.weights, train, test, args.k, args.object_size, args.seed)
         print(objects.summary())
         record["objects"] = vars(objects)
+    if args.colour_histogram:
+        colour = colour_reference(cfg, train, test, args.k)
+        print(colour.summary())
+        record["colour_histogram"] = vars(colour)
     if args.json:
         atomic_write_bytes(args.json, json.dumps(record).encode())
     return 0
