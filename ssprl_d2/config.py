@@ -121,7 +121,7 @@ def _add_mls_config(cfg: CN) -> None:
     # key encoder's batch norm: "sync" uses the trunk's own norm (MODEL.RESNETS.NORM: SyncBN in
     # the COCO config, statistics over the global batch, as MoCo v3; cheating through BN needs
     # the query and its key in one small batch); "shuffle" is MoCo v2's shuffle-BN (keys shuffled
-    # across processes before the key encoder, per-process BN; no effect with one process)
+    # across processes before the key encoder, per-process BN; on one process: BN_SPLITS > 1)
     _C.KEY_BN = "sync"
     # both encoders (trunk and head) run on BN_SPLITS equal parts of each process's batch, so
     # batch norm sees batch / BN_SPLITS images; with KEY_BN "shuffle" the keys are permuted
