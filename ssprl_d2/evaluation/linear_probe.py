@@ -10,8 +10,8 @@ their weights. The SGD linear evaluation (``configs/*/multilabel_linear_*.yaml``
 ``tools/train_net.py``) trains on augmented crops with the trunk's stored BN statistics: it is the
 protocol of the paper's tables; this probe is the quick, schedule-free check.
 """
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,9 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
-from ..study import mean_std
 from .multilabel_evaluator import multilabel_average_precision
-from .probe import KNNProbe, build_probe_model, probe_summary, random_seeds_of
+from .probe import KNNProbe, PairedProbeResult, build_probe_model, random_seeds_of
 
 __all__ = [
     "C_GRID",
@@ -129,20 +128,13 @@ def linear_probe_map(
 
 
 @dataclass
-class LinearProbeResult:
-    """mAP (percent) of the probed trunk and of seeded random trunks (mean, sample std)."""
+class LinearProbeResult(PairedProbeResult):
+    """The linear probe's result; ``c`` the inverse L2 strength chosen for the trunk."""
 
-    map: float
-    c: float
-    random_map: float
-    chance: float
-    random_std: float = 0.0
-    random_seeds: int = 1
-    recompute_bn: bool = False
-    random_by_seed: Dict[int, float] = field(default_factory=dict)
+    c: float = 1.0
 
     def summary(self) -> str:
-        return probe_summary(f"linear mAP (logistic, C={self.c:g})", self)
+        return self.line(f"linear mAP (logistic, C={self.c:g})")
 
 
 def linear_probe(
@@ -176,8 +168,7 @@ def linear_probe(
     seeds = random_seeds_of(cfg) if random_seeds is None else list(random_seeds)
     randoms = {s: score(None, s) for s in seeds}
     trained = score(weights) if weights else randoms[seeds[0]]
-    stats = mean_std([m for m, _ in randoms.values()])
-    return LinearProbeResult(
-        trained[0], trained[1], stats["mean"], probe.chance(), stats["std"], len(randoms),
-        probe.recompute_bn, {s: m for s, (m, _) in randoms.items()},
+    return LinearProbeResult.from_randoms(
+        trained[0], {s: m for s, (m, _) in randoms.items()}, probe.chance(), probe.recompute_bn,
+        c=trained[1],
     )

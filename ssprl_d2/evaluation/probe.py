@@ -31,9 +31,9 @@ __all__ = [
     "probe_cfg",
     "build_probe_model",
     "extract_features",
+    "PairedProbeResult",
     "KNNProbeResult",
     "ProbeFeatures",
-    "probe_summary",
     "random_seeds_of",
     "KNNProbe",
     "probe_datasets",
@@ -222,43 +222,54 @@ def _classifier_extractor(model: torch.nn.Module) -> Callable[[List[dict]], torc
     return lambda batch: model.pooled_features(model.preprocess(batch))
 
 
-def probe_summary(label: str, result) -> str:
-    """One line: the trunk's mAP, the random trunks' mean +- std and values by seed, chance.
-
-    Args:
-        label: what was measured, e.g. "kNN mAP (k=20)".
-        result: a probe result (``map``, ``random_map``, ``random_std``, ``random_seeds``,
-            ``random_by_seed``, ``chance``, ``recompute_bn``).
-    """
-    spread = ""
-    if result.random_seeds > 1:
-        spread = f" +- {result.random_std:.1f} ({result.random_seeds} seeds)"
-    if result.random_by_seed:
-        names = "/".join(str(s) for s in result.random_by_seed)
-        values = " / ".join(f"{v:.1f}" for v in result.random_by_seed.values())
-        spread += f" [seed {names}: {values}]"
-    bn = "BN statistics recomputed on the probe images" if result.recompute_bn else "running BN"
-    return (f"{label}: {result.map:.1f}  |  random trunk: {result.random_map:.1f}{spread}  |  "
-            f"chance: {result.chance:.1f}  ({bn})")
-
-
 @dataclass
-class KNNProbeResult:
-    """mAP (percent) of the probed trunk, of seeded random trunks (mean, sample std), of chance."""
+class PairedProbeResult:
+    """A probe's mAP (percent) of the trunk, of seeded random trunks (mean, sample std), of chance.
 
-    k: int
+    The random trunk of seed s is the trunk a pre-training run with SEED s starts from, so
+    ``random_by_seed`` holds the paired reference of each run.
+    """
+
     map: float
     random_map: float
     chance: float
     random_std: float = 0.0
     random_seeds: int = 1
     recompute_bn: bool = False
-    # every random trunk's mAP by its seed (the random trunk of seed s is the trunk that a
-    # pre-training run with SEED s starts from: the paired reference for that run)
     random_by_seed: Dict[int, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_randoms(cls, trained_map: float, randoms: Dict[int, float], chance: float,
+                     recompute_bn: bool, **extra):
+        """The result of a trunk scored ``trained_map`` next to random trunks {seed: mAP}."""
+        stats = mean_std(list(randoms.values()))
+        return cls(map=trained_map, random_map=stats["mean"], chance=chance,
+                   random_std=stats["std"], random_seeds=len(randoms),
+                   recompute_bn=recompute_bn, random_by_seed=dict(randoms), **extra)
+
+    def line(self, label: str) -> str:
+        """One line: ``label``, the trunk's mAP, the random trunks' mean +- std and values by
+        seed, chance, and the BN treatment."""
+        spread = ""
+        if self.random_seeds > 1:
+            spread = f" +- {self.random_std:.1f} ({self.random_seeds} seeds)"
+        if self.random_by_seed:
+            names = "/".join(str(s) for s in self.random_by_seed)
+            values = " / ".join(f"{v:.1f}" for v in self.random_by_seed.values())
+            spread += f" [seed {names}: {values}]"
+        bn = "BN statistics recomputed on the probe images" if self.recompute_bn else "running BN"
+        return (f"{label}: {self.map:.1f}  |  random trunk: {self.random_map:.1f}{spread}  |  "
+                f"chance: {self.chance:.1f}  ({bn})")
+
+
+@dataclass
+class KNNProbeResult(PairedProbeResult):
+    """The kNN probe's result; ``k`` neighbours."""
+
+    k: int = 20
+
     def summary(self) -> str:
-        return probe_summary(f"kNN mAP (k={self.k})", self)
+        return self.line(f"kNN mAP (k={self.k})")
 
 
 def random_seeds_of(cfg, first: int = 0) -> List[int]:
@@ -400,9 +411,8 @@ def knn_probe(
 
 
 def _result(probe: KNNProbe, trained_map: float, randoms: Dict[int, float]) -> KNNProbeResult:
-    stats = mean_std(list(randoms.values()))
-    return KNNProbeResult(probe.k, trained_map, stats["mean"], probe.chance(), stats["std"],
-                          len(randoms), probe.recompute_bn, dict(randoms))
+    return KNNProbeResult.from_randoms(trained_map, randoms, probe.chance(), probe.recompute_bn,
+                                       k=probe.k)
 
 
 def knn_probe_pretrainer(
