@@ -35,9 +35,11 @@ def colour_histogram(images: torch.Tensor, bins: int = 8) -> torch.Tensor:
     if not 1 <= bins <= 64:
         raise ValueError(f"bins must be in 1..64, got {bins}")
     q = (images.float().clamp(0, 255) * bins / 256).long().clamp(max=bins - 1)
-    cells = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (N, H, W)
-    counts = torch.stack([torch.bincount(c.flatten(), minlength=bins ** 3) for c in cells])
-    return (counts.float() / cells[0].numel()).sqrt()
+    n, cells = images.shape[0], bins ** 3
+    index = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (N, H, W) cell of every pixel
+    index = index + cells * torch.arange(n, device=index.device).view(n, 1, 1)  # one row each
+    counts = torch.bincount(index.flatten(), minlength=n * cells).view(n, cells)
+    return (counts.float() / index[0].numel()).sqrt()
 
 
 @dataclass

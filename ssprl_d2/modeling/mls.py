@@ -220,11 +220,12 @@ class MLS(NoRankStateMixin, nn.Module):
         self, backbone: nn.Module, head: nn.Module, images: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         # (g, z) of one encoder, batch norm over BN_SPLITS parts of the batch separately
-        outputs = []
-        for part in split_batch(images, self.bn_splits):
-            g = pooled_trunk_features(backbone, self.in_feature, part, self.channels_last)
-            outputs.append((g, head(g)))
-        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+        gs = [pooled_trunk_features(backbone, self.in_feature, part, self.channels_last)
+              for part in split_batch(images, self.bn_splits)]
+        zs = [head(g) for g in gs]
+        if len(gs) == 1:  # the usual case: no copies on the training step's path
+            return gs[0], zs[0]
+        return torch.cat(gs), torch.cat(zs)
 
     def _query(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self._encode(self.backbone, self.head, images)
