@@ -121,3 +121,18 @@ def test_cuda_matches_cpu_for_a_seed():
     cpu = module(x, seed=11)
     cuda = module.cuda()(x.cuda(), seed=11)
     torch.testing.assert_close(cuda.cpu(), cpu, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("move", ["double", "half"])
+def test_moving_the_module_keeps_the_draws_on_the_seeded_cpu_generator(move):
+    # kornia moves its samplers with the module; on a GPU that made the grayscale and blur draws
+    # come from the unseeded CUDA generator. A dtype or device move must change nothing here.
+    x = _crops(n=12)
+    module = BatchPhotometric()
+    before = module(x, seed=5)
+    moved = getattr(module, move)()
+    for aug in (moved.grayscale, moved.blur):
+        assert aug.device == torch.device("cpu") and aug.dtype == torch.float32
+        if aug._param_generator is not None:
+            assert aug._param_generator.device == torch.device("cpu")
+    assert torch.equal(moved(x, seed=5), before)

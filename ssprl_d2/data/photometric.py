@@ -39,22 +39,22 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def seeded_torch_rng(seed: Optional[int], device: torch.device) -> Iterator[None]:
-    """Seed torch's CPU generator inside the block and restore every generator state after it.
+def seeded_torch_rng(seed: Optional[int]) -> Iterator[None]:
+    """Seed torch's CPU generator inside the block and restore its state after it.
 
-    Random parameters are drawn on the CPU (kornia's default, and this module's), so seeding the
-    CPU generator alone makes the result deterministic. ``torch.manual_seed`` is avoided on purpose:
-    it would also reseed every CUDA generator, which is outside the fork.
+    Every random parameter of this module is drawn on the CPU (:class:`BatchPhotometric` keeps
+    kornia's samplers there whatever device the module moves to), so seeding the CPU generator
+    alone makes the result deterministic on any device. ``torch.manual_seed`` is avoided on
+    purpose: it would also reseed every CUDA generator, which is outside the fork. No CUDA state
+    is forked either: that would initialise CUDA (and ask for a driver) on every call.
 
     Args:
         seed: the seed; ``None`` runs the block on the global streams, untouched.
-        device: the tensor's device; a CUDA device is forked too, as a safeguard.
     """
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))
         yield
 
@@ -179,6 +179,19 @@ class BatchPhotometric(nn.Module):
             p=self.blur_prob,
         )
 
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "BatchPhotometric":
+        """Move the module as usual, but keep every random draw on the seeded CPU generator.
+
+        kornia moves its samplers with the module (``.cuda()``, ``.half()``): the grayscale and
+        blur draws would then come from the (unseeded) CUDA generator or another dtype, and the
+        ``seed`` of :meth:`forward` would no longer decide them. Parameters drawn on the CPU are
+        moved to the input's device by kornia.
+        """
+        out = super()._apply(fn, *args, **kwargs)
+        for aug in (self.grayscale, self.blur):
+            aug.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)
+        return out
+
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
         """Read the photometric recipe from ``cfg.INPUT.SSPRL``.
@@ -214,7 +227,7 @@ class BatchPhotometric(nn.Module):
         x = _to_unit_float(x)
         if x.shape[0] == 0:
             return x
-        with seeded_torch_rng(seed, x.device):
+        with seeded_torch_rng(seed):
             return self._augment(x)
 
     def _augment(self, x: Tensor) -> Tensor:
@@ -281,8 +294,7 @@ def photometric_per_image(
     for i, crop in enumerate(crops):
         groups.setdefault(tuple(crop.shape), []).append(i)
     out: List[Optional[Tensor]] = [None] * len(crops)
-    device = crops[0].device if crops else torch.device("cpu")
-    with seeded_torch_rng(seed, device):
+    with seeded_torch_rng(seed):
         for indices in groups.values():
             batch = module(torch.stack([crops[i] for i in indices]))
             for i, augmented in zip(indices, batch):
