@@ -6,7 +6,8 @@
         -- --config-file configs/ssprl_pretrain.yaml
     # fine-tuning Mask R-CNN from exported weights
     python tools/launch_slurm.py --nodes 1 --gpus-per-node 8 \
-        -- --config-file configs/mask_rcnn_R_50_FPN_15k_coco2014.yaml MODEL.WEIGHTS ssprl_r50.pkl
+        -- --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014.yaml \
+        MODEL.WEIGHTS ssprl_r50.pkl
     # the same machinery as local processes (CPU: gloo), e.g. to try it out
     python tools/launch_slurm.py --local --gpus-per-node 2 --wait \
         -- --config-file configs/quick_schedules/ssprl_R_18_cpu_synthetic.yaml \

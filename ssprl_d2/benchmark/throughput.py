@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling import build_model
@@ -71,6 +71,7 @@ def measure_throughput(
     view_iters: int = 8,
     switch_batch: Optional[int] = 32,
     opts: Sequence[str] = (),
+    on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
     """Step throughput per batch size and the data-worker cores one device needs.
 
@@ -82,6 +83,8 @@ def measure_throughput(
         view_images, view_iters: images and timed images of the worker measurement.
         switch_batch: batch size of the channels-last / bfloat16 rows (None: skip them).
         opts: config overrides.
+        on_progress: called with the result so far after every setting, so that a run stopped
+            by a time limit still leaves the settings it measured.
 
     Returns:
         dict with ``device``, ``workers`` (worker images/s per core), ``steps`` (one row per
@@ -97,15 +100,34 @@ def measure_throughput(
     )
     per_core_model = workers["geometric_img_s"]
     per_core_worker = workers["geometric_cpu_photometric_img_s"]
-    steps: List[Dict] = []
+    res: Dict[str, Any] = {
+        "device": name,
+        "config": os.path.relpath(config_file, _REPO),
+        "amp": device == "cuda",
+        "cpu_count": os.cpu_count(),
+        "workers": {
+            "geometric_img_s_per_core": per_core_model,
+            "worker_placement_img_s_per_core": per_core_worker,
+            "release_pipeline_img_s_per_core": workers["reference_img_s"],
+        },
+        "steps": [],
+        "switches": [],
+        "seconds": time.perf_counter() - start,
+    }
+
+    def add(key: str, row: Dict) -> None:
+        res[key].append(row)
+        res["seconds"] = time.perf_counter() - start
+        if on_progress is not None:
+            on_progress(res)
+
     for batch in batches:
         row = _one_setting(cfg, batch, iters, warmup, torch.float16)
         if "images_per_s" in row:
             row["worker_cores_needed_model_placement"] = row["images_per_s"] / per_core_model
             # the worker placement also moves the photometric part off the device
             row["worker_cores_needed_worker_placement"] = row["images_per_s"] / per_core_worker
-        steps.append(row)
-    switches: List[Dict] = []
+        add("steps", row)
     if switch_batch and device == "cuda":
         variants = {
             "channels_last": (["MODEL.SSPRL.CHANNELS_LAST", "True"], torch.float16),
@@ -116,22 +138,8 @@ def measure_throughput(
             row = _one_setting(
                 _cfg(config_file, device, list(opts) + extra), switch_batch, iters, warmup, dtype
             )
-            switches.append({"switch": label, **row})
-    return {
-        "device": name,
-        "config": os.path.relpath(config_file, _REPO),
-        "amp": device == "cuda",
-        "cpu_count": os.cpu_count(),
-        "workers": {
-            "geometric_img_s_per_core": per_core_model,
-            "worker_placement_img_s_per_core": per_core_worker,
-            "release_pipeline_img_s_per_core": workers["reference_img_s"],
-        },
-        "steps": steps,
-        "switches": switches,
-        "seconds": time.perf_counter() - start,
-    }
-
+            add("switches", {"switch": label, **row})
+    return res
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -139,15 +147,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="ResNet-18 CPU recipe, batch 2, 1 iter")
     p.add_argument("--batches", default="16,32,64", help="comma-separated images per step")
     a = p.parse_args(argv)
+
+    def save(res: Dict[str, Any]) -> None:
+        atomic_write_bytes(a.output, json.dumps(res, indent=1).encode())
+
     if a.quick:
         res = measure_throughput(
-            QUICK_CONFIG, [2], iters=1, warmup=0, view_images=2, view_iters=2, switch_batch=None
-        )
+            QUICK_CONFIG, [2], iters=1, warmup=0, view_images=2, view_iters=2, switch_batch=None,
+            on_progress=save,
+        )  # fmt: skip
     else:
-        res = measure_throughput(batches=[int(b) for b in a.batches.split(",")])
-    text = json.dumps(res, indent=1)
-    print(text)
-    atomic_write_bytes(a.output, text.encode())
+        res = measure_throughput(batches=[int(b) for b in a.batches.split(",")], on_progress=save)
+    save(res)
+    print(json.dumps(res, indent=1))
     return 0
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .dataset_mapper import MultiLabelDatasetMapper, PyramidDatasetMapper
 from .image_io import BadImageError
 from .subsets import SUBSET_FILE, save_subset_ids, semi_supervised_subset
+from .workers import init_data_worker, workers_that_fit
 
 __all__ = [
     "PositionSampler",
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # consecutive unreadable images tolerated before the run stops (a wrong folder, not a bad file)
 _MAX_CONSECUTIVE_BAD = 20
+# batches each pre-training data worker prepares ahead
+_PREFETCH = 2
 
 
 def sample_seed(seed: int, position: int) -> int:
@@ -149,7 +152,8 @@ class PretrainLoader:
             collate_fn=_list_collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            prefetch_factor=2 if self.num_workers > 0 else None,
+            prefetch_factor=_PREFETCH if self.num_workers > 0 else None,
+            worker_init_fn=init_data_worker,
         )
         return iter(loader)
 
@@ -184,15 +188,23 @@ def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) ->
         raise ValueError(f"Datasets {names} contain no images")
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     logger.info(f"Pre-training on {len(dicts)} images from {names} (seed {seed})")
-    dataset = PretrainDataset(dicts, mapper or PyramidDatasetMapper(cfg), seed)
-    sampler = PositionSampler(
-        len(dicts), cfg.SOLVER.IMS_PER_BATCH, seed, comm.get_rank(), comm.get_world_size()
-    )
+    mapper = mapper or PyramidDatasetMapper(cfg)
+    dataset = PretrainDataset(dicts, mapper, seed)
+    world = comm.get_world_size()
+    sampler = PositionSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH, seed, comm.get_rank(), world)
+    # the crops of one image are uint8 whether or not the workers apply the photometric part
+    image_bytes = sum(3 * spec.size**2 for spec in mapper.views.layout)
+    # the processes of one machine share its /dev/shm
+    local = comm.get_local_size() if world > 1 else 1
+    workers = workers_that_fit(
+        cfg.DATALOADER.NUM_WORKERS, local * image_bytes * cfg.SOLVER.IMS_PER_BATCH // world,
+        _PREFETCH,
+    )  # fmt: skip
     speed = cfg.DATALOADER.SSPRL
     return PretrainLoader(
         dataset,
         sampler,
-        cfg.DATALOADER.NUM_WORKERS,
+        workers,
         pin_memory=speed.PIN_MEMORY,
         persistent_workers=speed.PERSISTENT_WORKERS,
     )

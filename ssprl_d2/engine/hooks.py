@@ -150,6 +150,8 @@ class RankStateHook(HookBase):
             model.reset_rank_state()
         else:
             model.load_rank_state_dict(state_dict["ranks"][comm.get_rank()])
+            fills = [f"{int(q.count)}/{q.length}" for q in model.queue_modules()]
+            logger.info(f"Restored this process's queues: {', '.join(fills) or 'none'}")
         self._restored = True
 
     def before_train(self):
