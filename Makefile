@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.ssprl_setup_done
 
-.PHONY: setup demo test benchmark gpu-check transfer study clean
+.PHONY: setup demo test benchmark gpu-check gpu-wheels gpu-check-dry-run transfer study clean
 
 setup: $(STAMP)
 
@@ -34,10 +34,21 @@ benchmark: $(STAMP)
 	$(PY) tools/benchmark.py
 
 # one command that checks a GPU machine (about 8 minutes): CUDA tests, step throughput, AMP +
-# SyncBN pre-training and resume, export, Mask R-CNN fine-tuning and evaluation;
-# writes results/gpu_check.md and results/gpu_check.json
+# SyncBN pre-training with full queues and resume, export, Mask R-CNN fine-tuning and evaluation;
+# writes results/gpu_check.md, results/gpu_check.json and results/gpu_check_logs.tar.gz.
+# On an air-gapped GPU node (no make, no venv): `bash tools/gpu_node.sh` (README, "GPU check")
 gpu-check: $(STAMP)
 	$(PY) tools/gpu_check.py
+
+# the wheelhouse .whl/ that tools/gpu_node.sh installs on a node without network (about 10 MB)
+gpu-wheels: $(STAMP)
+	bash tools/gpu_wheels.sh
+
+# the node's command rehearsed here: Python 3.12 with only the node's packages, no network
+# (unshare -n, as root), CPU-sized parts; OUT=<folder> as $$OUT on the node
+OUT ?= output/gpu_dry_run
+gpu-check-dry-run: $(STAMP)
+	OUT=$(OUT) bash tools/gpu_dry_run.sh
 
 clean:
 	rm -rf output

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,8 @@ class Part:
         needs: parts whose success this one needs (otherwise it is skipped).
         result_json: a JSON file the command writes, read into the report when present.
         check: called with the log text after a zero exit; returns an error message or None.
+        fresh_dir: the part's own output folder, emptied before it runs (a run of an earlier
+            check must not be resumed or read back).
     """
 
     name: str
@@ -82,6 +85,7 @@ class Part:
     needs: Sequence[str] = ()
     result_json: Optional[str] = None
     check: Optional[Callable[[str], Optional[str]]] = None
+    fresh_dir: Optional[str] = None
 
 
 def _queues_filled_check(log: str) -> Optional[str]:
@@ -217,6 +221,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
             train + pre_common + run_opts + ["SOLVER.MAX_ITER", str(iters)],
             budgets["pretrain"],
             check=_queues_filled_check,
+            fresh_dir=pre_dir,
         ),
         Part(
             "resume",
@@ -240,6 +245,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
             train + ft_common + ft_train + ["MODEL.WEIGHTS", export],
             budgets["finetune"],
             needs=("export",),
+            fresh_dir=ft_dir,
         ),
         Part(
             "evaluate",
@@ -307,6 +313,11 @@ def run_parts(
 
 def _run_one(part: Part, timeout: float, log_dir: str, env: Dict[str, str]) -> Dict:
     log_path = os.path.join(log_dir, f"{part.name}.log")
+    if part.fresh_dir:
+        shutil.rmtree(part.fresh_dir, ignore_errors=True)
+    for path in (part.result_json, log_path):
+        if path and os.path.isfile(path):
+            os.remove(path)
     start = time.monotonic()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(part.cmd) + "\n")
