@@ -5,11 +5,13 @@ Inputs: a checkpoint of ``tools/train_net.py`` (SS-PRL, MLS or local-global; tru
 ``backbone.``), or a plain torchvision ResNet / timm ViT state dict. Only the trunk leaves:
 projection heads, prototypes, g_phi, queues, key encoders and teachers are dropped and reported.
 """
+import argparse
 import logging
 import math
 import os
 import pickle
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -512,3 +514,54 @@ def convert_checkpoint(
     else:
         save_torchvision(to_torchvision(trunk, report.depth), dst)
     return report
+
+
+# the command line of tools/convert_weights.py (installed: ssprl-convert)
+CLI_DOC = """Export the trunk (ResNet or ViT) of a pre-training checkpoint for fine-tuning.
+
+    # SS-PRL checkpoint -> Detectron2 weights (.pkl) for Mask R-CNN
+    python tools/convert_weights.py output/ssprl_R_50_200ep_coco2014/model_final.pth ssprl_r50.pkl
+    # -> torchvision format, for other toolkits
+    python tools/convert_weights.py model_final.pth ssprl_r50_tv.pth --format torchvision
+    # a torchvision ResNet state dict works as input too
+    python tools/convert_weights.py resnet50.pth resnet50_d2.pkl
+    # local-global ViT checkpoint -> ViTDet weights (backbone.net.*) for Mask R-CNN
+    python tools/convert_weights.py output/localglobal_ViT_S_16_800ep_coco2017/model_final.pth \
+        localglobal_vit_s16.pkl
+    # -> a timm state dict: timm.create_model("vit_small_patch16_224", pretrained=False,
+    #    num_classes=0).load_state_dict(torch.load(...), strict=True)
+    python tools/convert_weights.py model_final.pth localglobal_vit_s16_timm.pth --format timm
+
+Only trunk weights are written (heads, prototypes, g_phi and queues are dropped); the tool prints
+what it kept, dropped and renamed, and writes nothing on any error (non-zero exit). Fine-tune the
+exported weights with the deltas self-supervised RGB weights need
+(configs/COCO-InstanceSegmentation/Base-RCNN-FPN-SSL.yaml):
+INPUT.FORMAT RGB, PIXEL_MEAN [123.675, 116.280, 103.530], PIXEL_STD [58.395, 57.120, 57.375],
+RESNETS.STRIDE_IN_1X1 False, BACKBONE.FREEZE_AT 0. A ViT export loads into
+configs/COCO-InstanceSegmentation/Base-ViTDet-SSL.yaml (MODEL.VIT sizes as pre-trained; the
+teacher, the CLS token and the final norm are dropped).
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The converter's command line; 0 on success, 2 (one line on stderr) on a bad input."""
+    p = argparse.ArgumentParser(prog="convert_weights", description=CLI_DOC, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("input", help="checkpoint (.pth/.pkl) of tools/train_net.py or torchvision")
+    p.add_argument("output", help="file to write")
+    p.add_argument("--format", choices=["detectron2", "torchvision", "timm"], default="detectron2",
+                   help="detectron2 (ResNet or ViTDet names), torchvision (ResNet), timm (ViT)")
+    p.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152],
+                   help="ResNet depth the trunk must have (default: inferred)")
+    args = p.parse_args(argv)
+    try:
+        report = convert_checkpoint(args.input, args.output, args.format, args.depth)
+    except ConversionError as e:
+        print(f"convert_weights: error: {e}; nothing written", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {args.format} weights to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """The transfer suite: named benchmarks, each a fine-tuning config and its random-init twin.
 
-Every benchmark runs the public commands (``tools/train_net.py`` to fine-tune, then
+Every benchmark runs the public commands (``tools/train_net.py``, i.e.
+:mod:`ssprl_d2.engine.train`, to fine-tune, then
 ``--eval-only`` on ``model_final.pth``) in subprocesses, so the suite measures exactly what a user
 runs; ``tools/run_transfer.py`` is the command line, ``tools/demo.py`` uses the same
 :func:`finetune_and_evaluate`. A run whose ``eval_results.json`` exists is finished and skipped;
@@ -32,7 +33,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+# the training entry point as a command: what tools/train_net.py runs, without a checkout
+TRAIN_NET = ("-m", "ssprl_d2.engine.train")
 RESULTS_FILE = "eval_results.json"
 
 _BOX = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"))
@@ -129,15 +131,15 @@ def resolve_benchmarks(names: Sequence[str]) -> List[str]:
 
 
 def run_train_net(args: Sequence[str], **kwargs) -> None:
-    """``python tools/train_net.py <args>`` in the repository root; raises if it fails.
+    """``python -m ssprl_d2.engine.train <args>`` (= ``tools/train_net.py``) in the repository
+    root; raises if it fails.
 
     Args:
         args: the command line after ``train_net.py``.
         kwargs: passed to ``subprocess.run`` (e.g. ``stdout``).
     """
-    cmd = [sys.executable, TRAIN_NET, *args]
-    print("  $ " + " ".join(os.path.relpath(c, REPO) if c == TRAIN_NET else c for c in cmd[1:]),
-          flush=True)
+    cmd = [sys.executable, *TRAIN_NET, *args]
+    print("  $ train_net.py " + " ".join(args), flush=True)
     # this checkout's package, whichever one an editable install points at
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)

@@ -1,5 +1,4 @@
 """Local-global pre-training through tools/train_net.py on a small synthetic dataset (CPU)."""
-import importlib.util
 import os
 
 import pytest
@@ -44,10 +43,10 @@ def small_data(tmp_path_factory):
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The trainer behind tools/train_net.py (the package module it launches)."""
+    from ssprl_d2.engine import train
+
+    return train
 
 
 class _Record(HookBase):

@@ -23,30 +23,9 @@ RESNETS.STRIDE_IN_1X1 False, BACKBONE.FREEZE_AT 0. A ViT export loads into
 configs/COCO-InstanceSegmentation/Base-ViTDet-SSL.yaml (MODEL.VIT sizes as pre-trained; the
 teacher, the CLS token and the final norm are dropped).
 """
-import argparse
 import sys
 
-from ssprl_d2.convert import ConversionError, convert_checkpoint
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("input", help="checkpoint (.pth/.pkl) of tools/train_net.py or torchvision")
-    p.add_argument("output", help="file to write")
-    p.add_argument("--format", choices=["detectron2", "torchvision", "timm"], default="detectron2",
-                   help="detectron2 (ResNet or ViTDet names), torchvision (ResNet), timm (ViT)")
-    p.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152],
-                   help="ResNet depth the trunk must have (default: inferred)")
-    args = p.parse_args(argv)
-    try:
-        report = convert_checkpoint(args.input, args.output, args.format, args.depth)
-    except ConversionError as e:
-        print(f"convert_weights: error: {e}; nothing written", file=sys.stderr)
-        return 2
-    print(report.summary())
-    print(f"wrote {args.format} weights to {args.output}")
-    return 0
-
+from ssprl_d2.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

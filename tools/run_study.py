@@ -36,7 +36,6 @@ Writes results/study_vit.json and results/study_vit.md. It is not resumable.
 """
 import argparse
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -80,11 +79,9 @@ KNN_RECOMPUTE_BN = True  # the probe's default: every trunk's BN statistics from
 
 
 def _train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools",
-                                                                         "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from ssprl_d2.engine import train
+
+    return train
 
 
 def _run(train_net, config, opts, resume=False):

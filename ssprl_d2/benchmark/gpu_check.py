@@ -40,9 +40,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_bytes
 from ..data.workers import shared_memory_free, workers_that_fit
+from ..model_zoo import get_config_file
 
 __all__ = ["Part", "build_parts", "run_parts", "write_report", "main"]
 
+# the folder that holds the package: a checkout's root, or site-packages of an installed one
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # seconds per part on a GPU node: with the wheelhouse install and start-up the whole device
 # command ends within 8 minutes
@@ -141,13 +143,13 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
     Returns:
         the parts, in running order; their budgets add up to at most :func:`total_budget`.
     """
-    tools = os.path.join(_REPO, "tools")
-    train = [python, os.path.join(tools, "train_net.py")]
+    # tools/train_net.py and tools/convert_weights.py, run as the package modules they launch
+    train = [python, "-m", "ssprl_d2.engine.train"]
     pre_dir, ft_dir = os.path.join(out_dir, "pretrain"), os.path.join(out_dir, "finetune")
     export = os.path.join(out_dir, "ssprl_export.pkl")
     step_json = os.path.join(out_dir, "step.json")
     if quick:
-        pre_cfg = os.path.join(_REPO, "configs", "quick_schedules", "ssprl_R_18_cpu_synthetic.yaml")
+        pre_cfg = get_config_file("quick_schedules/ssprl_R_18_cpu_synthetic.yaml")
         pre_batch = 4
         pre_opts = [
             "MODEL.SSPRL.HEAD_HIDDEN_DIM", "64", "MODEL.SSPRL.HEAD_OUT_DIM", "16",
@@ -156,9 +158,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
             "DATALOADER.NUM_WORKERS", "0", "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
         ]  # fmt: skip
         iters, resume_iters, ckpt = 3, 5, 3
-        ft_cfg = os.path.join(
-            _REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_cpu_synthetic.yaml"
-        )
+        ft_cfg = get_config_file("quick_schedules/mask_rcnn_R_18_FPN_cpu_synthetic.yaml")
         ft_opts = [
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
             "SOLVER.STEPS", "(1,)", "DATALOADER.NUM_WORKERS", "0",
@@ -167,7 +167,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
         ]  # fmt: skip
         step_cmd = [python, "-m", "ssprl_d2.benchmark.throughput", "--quick"]
     else:
-        pre_cfg = os.path.join(_REPO, "configs", "ssprl_pretrain.yaml")
+        pre_cfg = get_config_file("ssprl_pretrain.yaml")
         pre_batch = 32
         pre_opts = [
             "DATASETS.TRAIN", "('ssprl_synthetic_train',)", "SOLVER.IMS_PER_BATCH", str(pre_batch),
@@ -175,9 +175,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
             "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "5",
         ]  # fmt: skip
         iters, resume_iters, ckpt = 20, 30, 10
-        ft_cfg = os.path.join(
-            _REPO, "configs", "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_15k_coco2014.yaml"
-        )
+        ft_cfg = get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014.yaml")
         ft_opts = [
             "DATASETS.TRAIN", "('ssprl_synthetic_train',)",
             "MODEL.ROI_HEADS.NUM_CLASSES", "8", "INPUT.MASK_FORMAT", "bitmask",
@@ -234,8 +232,7 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
         Part(
             "export",
             "tools/convert_weights.py of the pre-trained trunk",
-            [python, os.path.join(tools, "convert_weights.py"),
-             os.path.join(pre_dir, "model_final.pth"), export],
+            [python, "-m", "ssprl_d2.convert", os.path.join(pre_dir, "model_final.pth"), export],
             budgets["export"],
             needs=("resume",),
         ),  # fmt: skip
@@ -324,7 +321,7 @@ def _run_one(part: Part, timeout: float, log_dir: str, env: Dict[str, str]) -> D
         log.flush()
         try:
             proc = subprocess.Popen(
-                part.cmd, cwd=_REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                part.cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
             try:
@@ -572,9 +569,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="CPU-sized parts (default without CUDA)")
     p.add_argument("--full", action="store_true", help="full-size parts even without CUDA")
     p.add_argument("--parts", help="comma-separated subset, e.g. step,pretrain,resume")
-    p.add_argument("--results-dir", default=os.path.join(_REPO, "results"),
+    p.add_argument("--results-dir", default="results",
                    help="where gpu_check.md, gpu_check.json and the logs' archive go")
-    p.add_argument("--output-dir", default=os.path.join(_REPO, "output", "gpu_check"))
+    p.add_argument("--output-dir", default=os.path.join("output", "gpu_check"))
     p.add_argument("--budget", type=float, help="overall seconds (default: sum of the parts')")
     a = p.parse_args(argv)
     env = environment()

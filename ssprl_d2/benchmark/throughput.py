@@ -23,14 +23,14 @@ from detectron2.modeling import build_model
 from ..atomic import atomic_write_bytes
 from ..config import load_config
 from ..data.photometric import BatchPhotometric
+from ..model_zoo import configs_dir, get_config_file
 from .step import bench_training_step
 from .views import bench_view_generator, random_texture_images
 
 __all__ = ["measure_throughput"]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAPER_CONFIG = os.path.join(_REPO, "configs", "ssprl_pretrain.yaml")
-QUICK_CONFIG = os.path.join(_REPO, "configs", "quick_schedules", "ssprl_R_18_cpu_synthetic.yaml")
+PAPER_CONFIG = get_config_file("ssprl_pretrain.yaml")
+QUICK_CONFIG = get_config_file("quick_schedules/ssprl_R_18_cpu_synthetic.yaml")
 
 
 def _cfg(config_file: str, device: str, opts: Sequence[str] = ()):
@@ -102,7 +102,7 @@ def measure_throughput(
     per_core_worker = workers["geometric_cpu_photometric_img_s"]
     res: Dict[str, Any] = {
         "device": name,
-        "config": os.path.relpath(config_file, _REPO),
+        "config": os.path.relpath(config_file, configs_dir()),
         "amp": device == "cuda",
         "cpu_count": os.cpu_count(),
         "workers": {

@@ -1,53 +1,36 @@
-"""SLURM jobs of ``tools/train_net.py`` through submitit: N nodes x G GPUs, requeue and resume.
+"""SLURM jobs of the training entry point (:mod:`ssprl_d2.engine.train`) through submitit: N nodes x G GPUs, requeue and resume.
 
 One SLURM task per GPU. Each task reads its global rank, local rank, world size and the master
 address from submitit's :class:`~submitit.JobEnvironment` and enters Detectron2's own distributed
 worker (``detectron2.engine.launch._distributed_worker``: process group, the local process group
 that ``detectron2.utils.comm`` needs, ``torch.cuda.set_device``, a barrier), which then calls
-``main(args)`` of ``tools/train_net.py``. On preemption or time-out submitit calls
+``main(args)`` of :mod:`ssprl_d2.engine.train`. On preemption or time-out submitit calls
 :meth:`TrainJob.checkpoint`, which requeues the same command with ``--resume``, so the job
 continues from ``OUTPUT_DIR/last_checkpoint`` (the last periodic checkpoint).
 
 ``cluster="local"`` runs the same job as local processes (CPU: gloo), which is how it is tested.
 """
-import importlib.util
 import logging
-import os
 import sys
 from typing import Any, List, Optional, Sequence
 
 import submitit
 
-__all__ = ["TrainJob", "submit_training", "load_train_net"]
+__all__ = ["TrainJob", "submit_training"]
 
 logger = logging.getLogger(__name__)
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_TRAIN_NET = os.path.join(_REPO, "tools", "train_net.py")
-
-
-def load_train_net(path: str = DEFAULT_TRAIN_NET) -> Any:
-    """Import ``tools/train_net.py`` (not a package) as a module and return it."""
-    spec = importlib.util.spec_from_file_location("ssprl_train_net", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot import the training script {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """One task of a training job: join the process group, run ``main(args)`` of train_net.
+    """One task of a training job: join the process group, run ``main(args)`` of the trainer.
 
     Args:
         argv: the ``tools/train_net.py`` command line without the launch flags
             (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url`` are set here).
-        train_net: path of the training script.
     """
 
-    def __init__(self, argv: Sequence[str], train_net: str = DEFAULT_TRAIN_NET) -> None:
+    def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
-        self.train_net = train_net
 
     def __call__(self) -> Any:
         from detectron2.engine.launch import _distributed_worker
@@ -55,9 +38,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         dist_env = submitit.helpers.TorchDistributedEnvironment()
         per_node = dist_env.local_world_size
-        train_net = load_train_net(self.train_net)
+        from .train import argument_parser, main
+
         # flags first: everything after the first KEY VALUE pair is a config override
-        args = train_net.default_argument_parser().parse_args(
+        args = argument_parser().parse_args(
             ["--num-gpus", str(per_node), "--num-machines", str(env.num_nodes)]
             + ["--machine-rank", str(env.node)]
             + self.argv
@@ -72,7 +56,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         # process group of comm, set_device(local_rank), barrier, then main(args)
         return _distributed_worker(
             dist_env.local_rank,
-            train_net.main,
+            main,
             dist_env.world_size,
             per_node,
             env.node,
@@ -84,7 +68,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         """Requeue the same command with ``--resume`` (called by submitit before preemption)."""
         argv = self.argv if "--resume" in self.argv else ["--resume"] + self.argv
         logger.info("Requeueing the training job with --resume")
-        return submitit.helpers.DelayedSubmission(TrainJob(argv, self.train_net))
+        return submitit.helpers.DelayedSubmission(TrainJob(argv))
 
 
 def submit_training(
@@ -99,7 +83,6 @@ def submit_training(
     mem_gb: Optional[int] = None,
     name: str = "ssprl",
     slurm_extra: Optional[dict] = None,
-    train_net: str = DEFAULT_TRAIN_NET,
 ) -> submitit.Job:
     """Submit ``tools/train_net.py <argv>`` over ``nodes`` x ``gpus_per_node`` processes.
 
@@ -116,7 +99,6 @@ def submit_training(
         mem_gb: memory per node, None for the cluster's default.
         name: the job name.
         slurm_extra: extra ``#SBATCH`` options, e.g. ``{"constraint": "volta32gb"}``.
-        train_net: the training script.
 
     Returns:
         the submitted :class:`submitit.Job` (``job.result()`` waits for rank 0's result).
@@ -144,7 +126,7 @@ def submit_training(
     # SIGUSR2 this long before the limit: time to requeue
     params["slurm_signal_delay_s"] = 120
     executor.update_parameters(**params)
-    job = executor.submit(TrainJob(list(argv), train_net))
+    job = executor.submit(TrainJob(list(argv)))
     logger.info(f"Submitted job {job.job_id} ({nodes} x {gpus_per_node}); logs in {job_dir}")
     return job
 
