@@ -68,7 +68,7 @@ def _trainer(train_net, opts):
 def test_short_mls_run_infonce_falls_and_logs_pseudo_label_precision(small_data, tmp_path):
     """40 steps on 24 images: InfoNCE falls; precision, usage and fill are logged.
 
-    (L_ml is not asserted: on runs this small it rises, see the MLS notes in the README.)
+    (L_ml is not asserted: on runs this small it rises, see docs/methods/mls.md.)
     """
     train_net = _load_train_net()
     name, register = small_data

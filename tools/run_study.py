@@ -210,7 +210,7 @@ def _write_results(args, start):
         "evaluation": {p: [f"configs/quick_schedules/{EVAL_JOBS[j][0]}", *EVAL_JOBS[j][1],
                            *_eval_opts(j, args)] for p, j in PROTOCOL_JOBS.items()},
         "eval_iters": args.eval_iters,
-        "outputs": os.path.abspath(args.out),
+        "outputs": os.path.relpath(os.path.abspath(args.out), REPO),
         "seconds (this invocation)": round(time.time() - start),
     }
     os.makedirs(args.results, exist_ok=True)
