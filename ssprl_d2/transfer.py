@@ -22,6 +22,7 @@ __all__ = [
     "BENCHMARKS",
     "SUITES",
     "Benchmark",
+    "RunFailed",
     "finetune_and_evaluate",
     "markdown_table",
     "read_eval_results",
@@ -155,6 +156,10 @@ def read_eval_results(output_dir: str) -> Optional[Dict]:
         return json.load(f)["results"]
 
 
+class RunFailed(RuntimeError):
+    """A fine-tuning or evaluation run exited with an error; the message names its log."""
+
+
 def finetune_and_evaluate(
     config: str,
     output_dir: str,
@@ -184,8 +189,12 @@ def finetune_and_evaluate(
     train = ["--resume", *common, "DATASETS.TEST", "()"]  # evaluated once, below
     if weights is not None:
         train += ["MODEL.WEIGHTS", weights]
-    run(train)
-    run(["--eval-only", *common, "MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth")])
+    log = os.path.join(output_dir, "log.txt")
+    try:
+        run(train)
+        run(["--eval-only", *common, "MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth")])
+    except subprocess.CalledProcessError as e:
+        raise RunFailed(f"{config} failed (exit status {e.returncode}); its log: {log}") from None
     results = read_eval_results(output_dir)
     if results is None:
         raise RuntimeError(f"--eval-only wrote no {RESULTS_FILE} in {output_dir}")

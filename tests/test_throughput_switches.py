@@ -1,10 +1,8 @@
 """Speed switches: defaults keep the old behaviour, and each switch leaves the result alone."""
-import importlib.util
-import os
 
 import torch
 from detectron2.modeling import build_model
-from util import REPO, random_batch, tiny_cfg
+from util import random_batch, tiny_cfg
 
 from ssprl_d2.data.build import PretrainLoader
 
@@ -46,11 +44,8 @@ def test_loader_flags_reach_the_data_loader():
 
 
 def test_amp_dtype_option():
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO, "tools", "train_net.py")
-    )
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    from ssprl_d2.engine import train as train_net
+
     assert train_net.amp_options(tiny_cfg())["precision"] == torch.float16
     bf16 = train_net.amp_options(tiny_cfg(**{"SOLVER.SSPRL.AMP_DTYPE": "bfloat16"}))
     assert bf16["precision"] == torch.bfloat16 and not bf16["grad_scaler"].is_enabled()

@@ -16,22 +16,39 @@ annotations) and uses DATASETS.TRAIN[0] as the bank where it has the same classe
 ``report.html`` (open it from disk), its PNGs and ``summary.json`` into ``--output``; training
 curves come from the ``metrics.json`` beside MODEL.WEIGHTS (or ``--metrics``).
 """
-import logging
 import sys
 from dataclasses import fields
 
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from ssprl_d2 import load_config, register_from_cfg
+from ssprl_d2 import register_from_cfg
+from ssprl_d2.checks import (
+    UserError,
+    check_datasets,
+    check_weights_file,
+    load_config_checked,
+    run_command,
+)
 from ssprl_d2.analysis import AnalysisOptions, write_report
 from ssprl_d2.engine.checkpoint import WeightsMismatchError
 
 
 def setup(args):
-    """Config from the file and the command line, with the project's keys and datasets."""
-    cfg = load_config(args.config_file, args.opts)
-    register_from_cfg(cfg)
+    """Config from the file and the command line, with the project's keys and datasets; every
+    input checked before a model is built (a mistake is a UserError)."""
+    cfg = load_config_checked(args.config_file, args.opts)
+    try:
+        register_from_cfg(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError("no checkpoint to analyse: add MODEL.WEIGHTS <model_final.pth>")
+    check_weights_file(cfg.MODEL.WEIGHTS)
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)[:1]
+    if not names:
+        raise UserError("no dataset to analyse: set DATASETS.TEST or DATASETS.TRAIN")
+    check_datasets(names + list(cfg.DATASETS.TRAIN)[:1], "DATASETS")
     cfg.freeze()
     return cfg
 
@@ -49,18 +66,21 @@ def main() -> int:
                             help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args()
+    return run_command("analyze", lambda: _analyze(args))
+
+
+def _analyze(args) -> int:
+    cfg = setup(args)
     setup_logger(name="fvcore")
     logger = setup_logger()
     logger.info(f"Command line arguments: {args}")
-    cfg = setup(args)
     opts = AnalysisOptions(progress=not args.no_progress, **{
         f.name: getattr(args, f.name) for f in fields(AnalysisOptions) if f.name != "progress"
     })
     try:
         path = write_report(cfg, args.output, opts)
     except (ValueError, FileNotFoundError, WeightsMismatchError) as e:
-        logging.getLogger("detectron2").error(f"analyze: {e}")
-        return 2
+        raise UserError(str(e)) from None
     print(f"report: {path}")
     return 0
 

@@ -31,11 +31,19 @@ than any CPU-trained trunk: results/cpu_schedule.md).
 """
 import argparse
 import json
+import os
 import sys
 
 import ssprl_d2  # noqa: F401  (registers the datasets)
-from ssprl_d2 import load_config, register_from_cfg
+from ssprl_d2 import register_from_cfg
 from ssprl_d2.atomic import atomic_write_bytes
+from ssprl_d2.checks import (
+    UserError,
+    check_datasets,
+    check_weights_file,
+    load_config_checked,
+    run_command,
+)
 from ssprl_d2.engine import WeightsMismatchError
 from ssprl_d2.evaluation.colour_reference import colour_reference
 from ssprl_d2.evaluation.linear_probe import linear_probe
@@ -63,10 +71,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the result to this JSON file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
+    return run_command("probe", lambda: _probe(args))
 
-    cfg = load_config(args.config_file, args.opts)
-    register_from_cfg(cfg)
+
+def _probe(args) -> int:
+    # every input first: no random trunk is probed before a mistake is reported
+    cfg = load_config_checked(args.config_file, args.opts)
+    check_weights_file(args.weights, "--weights")
+    try:
+        register_from_cfg(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     train, test = probe_datasets(cfg, args.train_dataset or "", args.test_dataset or "")
+    check_datasets([train, test], "the probe's datasets")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UserError(f"--json {args.json}: its folder does not exist")
     try:
         result = knn_probe(cfg, args.weights, train, test, args.k, not args.plain_vote,
                            random_seeds_of(cfg, args.seed))

@@ -26,9 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from ssprl_d2.atomic import atomic_write_bytes  # noqa: E402
+from ssprl_d2.checks import UserError, check_weights_file, run_command  # noqa: E402
 from ssprl_d2.transfer import (  # noqa: E402
     BENCHMARKS,
     SUITES,
+    RunFailed,
     markdown_table,
     resolve_benchmarks,
     run_suite,
@@ -56,16 +58,29 @@ def main(argv=None) -> int:
         for name, members in SUITES.items():
             print(f"suite {name}: {' '.join(members)}")
         return 0
-    if not args.weights or not os.path.isfile(args.weights):
-        p.error(f"weights {args.weights!r} not found (export them with tools/convert_weights.py)")
-    names = resolve_benchmarks(args.benchmarks or (["cpu"] if args.cpu else ["standard"]))
+    return run_command("run_transfer", lambda: _transfer(args, opts))
+
+
+def _transfer(args, opts) -> int:
+    if not args.weights:
+        raise UserError("no weights: give the exported trunk (.pkl from tools/convert_weights.py)")
+    # before any run starts: a file that is no checkpoint would fail every fine-tuning run
+    check_weights_file(args.weights, "weights")
+    try:
+        names = resolve_benchmarks(args.benchmarks or (["cpu"] if args.cpu else ["standard"]))
+    except KeyError as e:
+        raise UserError(str(e).strip("'\"")) from None
     run = run_train_net
     if args.num_gpus != 1:
         def run(cmd):
             run_train_net(["--num-gpus", str(args.num_gpus), *cmd])
     start = time.time()
     args.out = os.path.abspath(args.out)
-    records = run_suite(os.path.abspath(args.weights), names, args.out, args.seeds, opts, run)
+    try:
+        records = run_suite(os.path.abspath(args.weights), names, args.out, args.seeds, opts, run)
+    except RunFailed as e:
+        print(f"run_transfer: error: {e}", file=sys.stderr)
+        return 1
     stem = os.path.splitext(os.path.basename(args.weights))[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()

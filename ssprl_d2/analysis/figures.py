@@ -5,6 +5,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
+from ..atomic import atomic_write
 from .curves import collapse_spans, curve_groups, series
 
 __all__ = [
@@ -30,8 +31,9 @@ def scale_color(s: int) -> str:
 
 
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
-    """Write a figure as PNG and return the path."""
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    """Write a figure as PNG (atomically: never half a file) and return the path."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight",
+                                             facecolor="white"))  # fmt: skip
     return path
 
 

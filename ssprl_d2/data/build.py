@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .dataset_mapper import MultiLabelDatasetMapper, PyramidDatasetMapper
 from .image_io import BadImageError
 from .subsets import SUBSET_FILE, save_subset_ids, semi_supervised_subset
-from .workers import init_data_worker, workers_that_fit
+from .workers import one_opencv_thread_per_worker, workers_that_fit
 
 __all__ = [
     "PositionSampler",
@@ -144,6 +144,7 @@ class PretrainLoader:
         self.sampler.start_iter = start_iter
 
     def __iter__(self) -> Iterator[List[dict]]:
+        one_opencv_thread_per_worker(self.num_workers)
         loader = DataLoader(
             self.dataset,
             batch_size=self.sampler.global_batch // self.sampler.world_size,
@@ -153,7 +154,6 @@ class PretrainLoader:
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             prefetch_factor=_PREFETCH if self.num_workers > 0 else None,
-            worker_init_fn=init_data_worker,
         )
         return iter(loader)
 

@@ -72,6 +72,8 @@ def _register_synthetic(name: str, root: str, split: str) -> None:
         json_file=os.path.join(root, "annotations", f"instances_{split}.json"),
         image_root=os.path.join(root, split),
         evaluator_type="coco",
+        # its files are written on the first load; ssprl_d2.checks does not require them before
+        generated_on_first_use=True,
     )
 
 
@@ -90,6 +92,7 @@ def _register_synthetic_sem_seg(name: str, root: str, split: str) -> None:
         image_root=os.path.join(root, split),
         sem_seg_root=os.path.join(root, SEM_SEG_DIR, split),
         evaluator_type="sem_seg",
+        generated_on_first_use=True,
     )
 
 

@@ -4,17 +4,17 @@ A worker hands each batch to the training process through shared memory (``/dev/
 container or cluster node with a small ``/dev/shm`` (Docker's default is 64 MiB), many workers
 with large batches of crops end in "Bus error" or "No space left on device" in the middle of a
 run. :func:`workers_that_fit` lowers the number of workers to what the free shared memory holds,
-saying which setting to change; :func:`init_data_worker` keeps every worker to one OpenCV and
-one torch thread, so N workers use N cores instead of N x cores.
+saying which setting to change; :func:`one_opencv_thread_per_worker` keeps every worker to one
+OpenCV thread (torch's DataLoader already gives each one torch thread), so N workers use N
+cores instead of N x cores.
 """
 import logging
 import os
 from typing import Optional
 
 import cv2
-import torch
 
-__all__ = ["SHM_PATH", "init_data_worker", "shared_memory_free", "workers_that_fit"]
+__all__ = ["SHM_PATH", "one_opencv_thread_per_worker", "shared_memory_free", "workers_that_fit"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,13 @@ def workers_that_fit(
     return fit
 
 
-def init_data_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of the data loaders: one OpenCV and one torch thread per worker."""
-    del worker_id
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+def one_opencv_thread_per_worker(num_workers: int) -> None:
+    """Before data workers are forked: OpenCV's thread pool to one thread, which they inherit.
+
+    It must happen in the parent. ``cv2.setNumThreads`` inside a forked worker hangs when the
+    parent had already used OpenCV's pool (the child reconfigures a pool whose threads were not
+    copied by ``fork``). With workers the training process itself does no image work, so its
+    OpenCV loses nothing; without workers (``num_workers`` 0) nothing is changed.
+    """
+    if num_workers > 0 and cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)

@@ -27,7 +27,7 @@ from typing import List, Optional
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -38,11 +38,11 @@ from detectron2.engine import (
     default_setup,
     launch,
 )
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from ..atomic import atomic_write_bytes
-from ..config import add_ssprl_config
 from ..data.build import (
     build_multilabel_test_loader,
     build_multilabel_train_loader,
@@ -55,7 +55,16 @@ from ..evaluation import (
     build_sem_seg_evaluator,
 )
 from ..evaluation.probe_hook import build_probe_hook
-from ..model_zoo import configs_dir, resolve_config_file
+from ..checks import (
+    UserError,
+    check_datasets,
+    check_machine,
+    check_resume_target,
+    check_weights_file,
+    checked_config_file,
+    load_config_checked,
+    run_command,
+)
 from ..modeling import get_task
 from .checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
 from .finetune import build_finetune_optimizer
@@ -145,8 +154,10 @@ class Trainer(DefaultTrainer):
         if get_task(self.cfg) == "pretrain":
             size = self._trainer.data_loader.dataset_size
             probe = build_probe_hook(self.cfg)
-            # after IterationTimer and LRScheduler, before checkpointing and writing
-            hooks[2:2] = build_pretrain_hooks(self.cfg, size, self.model) + (
+            # after the LR scheduler (the weight-decay and teacher schedules follow it), before
+            # the checkpointer (the per-rank state must be gathered when it saves) and writers
+            at = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
+            hooks[at:at] = build_pretrain_hooks(self.cfg, size, self.model) + (
                 [probe] if probe else []
             )
         return hooks
@@ -213,26 +224,46 @@ def write_results(cfg, results):
     logging.getLogger("detectron2").info(f"Evaluation results written to {path}")
 
 
+def checked_config(args) -> CfgNode:
+    """The run's config, with every input checked before anything is built or written.
+
+    The config file and keys (:func:`~ssprl_d2.checks.load_config_checked`), the user's datasets
+    (``DATASETS.SSPRL.REGISTER``) and the ones named in ``DATASETS``, ``MODEL.WEIGHTS`` (unless a
+    ``--resume`` continues a run), the ``--resume`` target, and the settings against the machine.
+
+    Raises:
+        UserError: a mistake in the command line, the config or the files it names.
+    """
+    cfg = load_config_checked(args.config_file, args.opts)
+    try:
+        register_from_cfg(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    check_machine(cfg, args.num_gpus, args.num_machines)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise UserError("--eval-only needs MODEL.WEIGHTS <trained model .pth/.pkl>")
+        check_weights_file(cfg.MODEL.WEIGHTS)
+        check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+        return cfg
+    if not len(cfg.DATASETS.TRAIN):
+        raise UserError("DATASETS.TRAIN is empty: name at least one registered dataset")
+    check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    resumed = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if resumed:
+        check_resume_target(cfg.OUTPUT_DIR)
+    else:
+        check_weights_file(cfg.MODEL.WEIGHTS)
+    return cfg
+
+
 def setup(args):
-    """Config from the file and the command line, with the project's keys and datasets."""
-    config_file = resolve_config_file(args.config_file)
-    if config_file is None:
-        raise SystemExit(
-            f"train_net: error: config file {args.config_file!r} does not exist (neither here nor "
-            f"among the shipped configs under {configs_dir()})"
-        )
+    """The checked config (:func:`checked_config`), frozen; then Detectron2's ``default_setup``
+    (which writes ``OUTPUT_DIR/config.yaml`` and the logs) and the package's logger."""
     # Detectron2's default_setup logs the file's contents: the one found
-    args.config_file = config_file
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(args.opts)
-    register_from_cfg(cfg)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(
-            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available here: add "
-            "`MODEL.DEVICE cpu` to the command line, or use a config under configs/quick_schedules/"
-        )
+    args.config_file = checked_config_file(args.config_file)
+    cfg = checked_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     # the package's own messages (queue switch, probe, skipped images) next to Detectron2's
@@ -243,10 +274,6 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS <trained model .pth/.pkl>")
-        if not os.path.isfile(cfg.MODEL.WEIGHTS):
-            raise SystemExit(f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not exist")
         model = Trainer.build_model(cfg)
         checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.load(cfg.MODEL.WEIGHTS)
@@ -275,18 +302,25 @@ def argument_parser():
 
 def cli(argv: Optional[List[str]] = None) -> int:
     """``tools/train_net.py``, ``python -m ssprl_d2.engine.train`` and ``ssprl-train``: parse the
-    command line and run :func:`main` on every process through Detectron2's ``launch``."""
+    command line, check every input (:func:`checked_config`: a mistake is one line on stderr and
+    exit status 2, before anything is built or written), then run :func:`main` on every process
+    through Detectron2's ``launch``."""
     args = argument_parser().parse_args(argv)
-    logging.getLogger(__name__).info(f"Command line arguments: {args}")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-    return 0
+
+    def start() -> int:
+        checked_config(args)
+        logging.getLogger(__name__).info(f"Command line arguments: {args}")
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+        return 0
+
+    return run_command("train_net", start)
 
 
 if __name__ == "__main__":
