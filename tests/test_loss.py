@@ -142,3 +142,12 @@ def test_swap_accuracy_counts_arg_max_agreements_over_every_trained_pair():
     # targets of view 1: (1, 2) -> view 0 hits 2 of 2, view 2 hits 1 of 2
     assert swap_accuracy(codes, scores, [0, 1]) == pytest.approx(6 / 8)
     assert swap_accuracy(codes[:1], scores, [0]) == pytest.approx(3 / 4)
+
+
+def test_code_usage_counts_the_distinct_arg_max_codes_by_hand():
+    # K = 7; the rows' arg-max codes are 3, 0, 3, 5, 0: three distinct prototypes of seven
+    codes = F.one_hot(torch.tensor([3, 0, 3, 5, 0]), 7).float() * 0.9 + 0.01
+    usage = code_usage(codes)
+    assert usage.shape == () and usage.device == codes.device
+    assert float(usage) == 3 / 7  # the same Python float as the count divided on the host
+    assert float(code_usage(codes[:1])) == 1 / 7

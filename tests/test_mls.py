@@ -111,7 +111,11 @@ def test_pseudo_label_precision_and_usage():
     assert chance == pytest.approx((2 / 4 + 3 / 4) / 2)
     # 3 distinct entries... of 6 pseudo-positives: rows 0 and 2 picked the same two
     assert pseudo_label_usage(labels) == pytest.approx(4 / 6)
-    assert pseudo_label_precision(labels, multi_hot([[], [], []], 3), entries) is None
+    # undefined (no query with a class, or none with a pseudo-positive): NaN, the model logs none
+    for undefined in (pseudo_label_precision(labels, multi_hot([[], [], []], 3), entries),
+                      pseudo_label_precision(torch.zeros_like(labels), query, entries)):
+        assert all(math.isnan(v) for v in undefined)
+    assert pseudo_label_usage(torch.zeros_like(labels)) == 0.0
     with pytest.raises(ValueError, match="PRECISION_CLASSES"):
         multi_hot([[3]], 3)
 
@@ -227,6 +231,33 @@ def test_mls_builds_trains_a_step_and_fills_its_dictionaries():
                 "key_backbone.stem.conv1.weight", "key_head.mlp.0.weight"):
         assert key in state, key
     assert state["dictionary.classes"][:4].argmax(1).tolist() == [0, 1, 2, 0]
+
+
+def test_precision_is_logged_only_for_batches_with_labelled_images():
+    torch.manual_seed(0)
+    model = build_model(mls_tiny_cfg(**{"MODEL.MLS.PRECISION_CLASSES": 3}))
+    model.train()
+    model(mls_batch(4, seed=0))
+    unlabelled = mls_batch(4, seed=1)
+    for x in unlabelled:
+        x["category_ids"] = []
+    with EventStorage() as storage:
+        model(unlabelled)
+    logged = set(storage.histories())
+    assert "mls/pseudo_label_usage" in logged and "mls/pseudo_label_precision" not in logged
+
+
+def test_dictionary_write_position_and_fill_come_back_with_a_state_dict():
+    d = AlignedDictionary(4, {"g": (1, torch.float32)})
+    d.push(g=torch.arange(6.0)[:, None])  # wraps: rows 4, 5, 2, 3; next write at row 2
+    resumed = AlignedDictionary(4, {"g": (1, torch.float32)})
+    resumed.load_state_dict(d.state_dict())
+    assert resumed.fill == 1.0 and resumed.valid("g").shape == (4, 1)
+    resumed.push(g=torch.tensor([[6.0]]))
+    d.push(g=torch.tensor([[6.0]]))
+    torch.testing.assert_close(resumed.g, d.g)
+    assert resumed.g[:, 0].tolist() == [4.0, 5.0, 6.0, 3.0]
+    assert int(resumed.ptr) == 3
 
 
 def test_symmetric_loss_pushes_both_views_and_inference_gives_pooled_features():

@@ -302,3 +302,44 @@ def test_rank_state_round_trip_and_world_size_change_empties_queues():
     torch.testing.assert_close(model.queues[1].embeddings, saved["queues.1.embeddings"])
     hook.load_state_dict({"world_size": 4, "ranks": [saved] * 4})  # written by 4 processes
     assert all(int(q.count) == 0 for q in model.queues)
+
+
+def test_queue_fill_count_is_known_on_the_host_through_push_reset_and_loading():
+    from ssprl_d2.modeling.queue import EmbeddingQueue
+
+    queue = EmbeddingQueue(2, 4, 3)
+    queue.active = True
+    queue.push([torch.ones(3, 3)] * 2)
+    assert queue.filled == int(queue.count) == 3 and not queue.ready
+    queue.push([torch.ones(3, 3)] * 2)
+    assert queue.filled == int(queue.count) == 4 and queue.ready
+    saved = copy.deepcopy(queue.state_dict())
+    queue.reset()
+    assert queue.filled == int(queue.count) == 0 and not queue.ready
+    assert queue.embeddings.abs().sum() == 0
+    queue.load_state_dict(saved)  # a resumed run: the loaded count is read back once
+    assert queue.filled == 4 and queue.ready
+    # the model's per-process state goes through the same path
+    model = _model(**{"MODEL.SSPRL.QUEUE_LENGTHS": [16, 64, 144]})
+    for q in model.queues:
+        q.active = True
+    model(random_batch(model.layout, 8, seed=1))
+    model(random_batch(model.layout, 8, seed=2))
+    state = model.rank_state_dict()
+    model.reset_rank_state()
+    assert [q.filled for q in model.queues] == [0, 0, 0]
+    model.load_rank_state_dict(state)
+    assert [q.filled for q in model.queues] == [16, 64, 144] and model.queues[0].ready
+
+
+def test_put_scalars_reads_tensors_only_inside_a_storage():
+    from detectron2.utils.events import EventStorage
+
+    from ssprl_d2.modeling.pretrainer import put_scalars
+
+    values = {"a": torch.tensor(1 / 3), "b": torch.tensor(2 / 7, dtype=torch.float64), "c": 0.5}
+    put_scalars(**values)  # outside a trainer: nothing is read, nothing happens
+    with EventStorage() as storage:
+        put_scalars(**values)
+    latest = {k: v for k, (v, _) in storage.latest().items()}
+    assert latest == {k: float(v) for k, v in values.items()}

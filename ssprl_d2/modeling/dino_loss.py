@@ -88,11 +88,15 @@ def local_global_pair_loss(
     cls = dino_cross_entropy(teacher_probs[:, 0], student_log_probs[:, 0])
     if not patches:
         return cls.mean()
-    device = teacher_probs.device
-    counts = torch.tensor([len(m[0]) for m in matches], device=device, dtype=torch.float32)
-    if int(counts.sum()) == 0:
+    sizes = [len(m[0]) for m in matches]
+    if sum(sizes) == 0:
         return cls.mean()
-    rows = torch.repeat_interleave(torch.arange(batch, device=device), counts.long())
+    device = teacher_probs.device
+    counts = torch.tensor(sizes, device=device, dtype=torch.float32)
+    # the output size from the host: without it the device would be read for it
+    rows = torch.repeat_interleave(
+        torch.arange(batch, device=device), counts.long(), output_size=sum(sizes)
+    )
     idx_t = torch.cat([torch.as_tensor(m[0], dtype=torch.long) for m in matches]).to(device) + 1
     idx_s = torch.cat([torch.as_tensor(m[1], dtype=torch.long) for m in matches]).to(device) + 1
     patch = dino_cross_entropy(teacher_probs[rows, idx_t], student_log_probs[rows, idx_s])
@@ -119,7 +123,10 @@ def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: 
         momentum: m (DINO: 0.9).
     """
     batch_sum = teacher_logits.float().sum(dim=0)
-    count = torch.tensor([teacher_logits.shape[0]], device=batch_sum.device, dtype=torch.float32)
+    # filled on the device (torch.tensor(..., device=cuda) would copy from the host)
+    count = torch.full(
+        (1,), float(teacher_logits.shape[0]), device=batch_sum.device, dtype=torch.float32
+    )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(batch_sum)
         dist.all_reduce(count)

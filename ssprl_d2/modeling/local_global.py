@@ -1,7 +1,7 @@
 """Local-global patch matching on a ViT as a Detectron2 meta-architecture
 (``META_ARCHITECTURE: "LocalGlobal"``, METHODS.md section 5)."""
 import logging
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -257,11 +257,12 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
         patches = t_probs[:, :, 1:].flatten(0, 2)
         # collapse signals: per-sample entropy -> 0 when sharpening wins, batch-mean entropy
         # -> 0 when every image gets the same output (both near ln K: uniform collapse)
-        metrics = {
-            "localglobal/cls_loss": float(cls_loss),
-            "localglobal/teacher_entropy": float(entropy(cls).mean()),
-            "localglobal/teacher_patch_entropy": float(entropy(patches).mean()),
-            "localglobal/teacher_batch_entropy": float(entropy(cls.mean(0))),
+        # 0-dim tensors on the device, read back by put_scalars only inside a trainer
+        metrics: Dict[str, Union[float, torch.Tensor]] = {
+            "localglobal/cls_loss": cls_loss,
+            "localglobal/teacher_entropy": entropy(cls).mean(),
+            "localglobal/teacher_patch_entropy": entropy(patches).mean(),
+            "localglobal/teacher_batch_entropy": entropy(cls.mean(0)),
             "localglobal/teacher_temp": float(self.teacher_temp),
             "localglobal/momentum": float(self.momentum),
         }

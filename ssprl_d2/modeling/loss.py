@@ -144,23 +144,26 @@ def cross_scale_loss(
 
 
 @torch.no_grad()
-def code_usage(codes: torch.Tensor) -> float:
+def code_usage(codes: torch.Tensor) -> torch.Tensor:
     """Fraction of the K prototypes that are the arg-max code of at least one sample.
 
-    Near 1/K means collapse (every sample on one prototype).
+    Near 1/K means collapse (every sample on one prototype). Counted in a fixed-size (K,) mask on
+    the codes' device: no data-dependent shape and no read back to the host.
 
     Args:
         codes: (N, K).
 
     Returns:
-        a float in (0, 1].
+        a 0-dim float64 tensor in (0, 1], on the codes' device.
     """
-    used = torch.unique(codes.argmax(dim=1)).numel()
-    return used / codes.shape[1]
+    num_prototypes = codes.shape[1]
+    used = torch.zeros(num_prototypes, dtype=torch.bool, device=codes.device)
+    used.index_fill_(0, codes.argmax(dim=1), True)
+    return used.sum().double() / num_prototypes
 
 
 @torch.no_grad()
-def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
+def prediction_entropy(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean per-sample entropy of softmax(scores / tau), divided by ln K.
 
     Near 1 means every prediction is close to uniform, i.e. the loss sits at ln K: the collapse
@@ -171,17 +174,17 @@ def prediction_entropy(scores: torch.Tensor, temperature: float) -> float:
         temperature: tau.
 
     Returns:
-        a float in [0, 1].
+        a 0-dim float64 tensor in [0, 1], on the scores' device.
     """
     log_p = F.log_softmax(scores.float() / temperature, dim=1)
     entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
-    return float(entropy) / math.log(scores.shape[1])
+    return entropy.double() / math.log(scores.shape[1])
 
 
 @torch.no_grad()
 def swap_accuracy(
     codes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], crops_for_assign: Sequence[int]
-) -> float:
+) -> torch.Tensor:
     """How often a view's arg-max prediction is the arg-max code of an assigned view.
 
     The swapped prediction's own accuracy, over every (target, other view) pair that
@@ -194,13 +197,13 @@ def swap_accuracy(
         crops_for_assign: the indices into ``scores`` whose codes are targets.
 
     Returns:
-        a float in [0, 1].
+        a 0-dim float64 tensor in [0, 1], on the scores' device.
     """
-    hits, total = 0.0, 0
+    hits, total = torch.zeros((), dtype=torch.long, device=scores[0].device), 0
     for q, i in zip(codes, crops_for_assign):
         target = q.argmax(dim=1)
         for v in range(len(scores)):
             if v != i:
-                hits += float((scores[v].argmax(dim=1) == target).sum())
+                hits = hits + (scores[v].argmax(dim=1) == target).sum()
                 total += target.numel()
-    return hits / max(total, 1)
+    return hits.double() / max(total, 1)

@@ -1,6 +1,6 @@
 """The MLS pre-trainer as a Detectron2 meta-architecture (``META_ARCHITECTURE: "MLS"``)."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +269,8 @@ class MLS(NoRankStateMixin, nn.Module):
         classes = self._classes(batched_inputs)
 
         infonce, ml = [], []
-        metrics: Dict[str, float] = {
+        # 0-dim tensors on the device, read back by put_scalars only inside a trainer
+        metrics: Dict[str, Union[float, torch.Tensor]] = {
             "data/skipped_images": float(self.skipped_images),
             "mls/dictionary_fill": self.dictionary.fill,
         }
@@ -283,15 +284,14 @@ class MLS(NoRankStateMixin, nn.Module):
                                         self.top_k)
             ml.append(multilabel_bce(z_q, dict_z, labels, self.temperature))
             if q_view == 0:
-                metrics.update(self._label_metrics(labels, classes))
+                labelled = any(len(x.get("category_ids", ())) for x in batched_inputs)
+                metrics.update(self._label_metrics(labels, classes, labelled))
                 with torch.no_grad():
                     # collapse signals: both approach 1 when every projection points one way
-                    metrics["mls/positive_similarity"] = float(
+                    metrics["mls/positive_similarity"] = (
                         (z_q.float() * keys[k_view][1].float()).sum(1).mean()
                     )
-                    metrics["mls/dictionary_similarity"] = float(
-                        (z_q.float() @ dict_z.float().t()).mean()
-                    )
+                    metrics["mls/dictionary_similarity"] = (z_q.float() @ dict_z.float().t()).mean()
 
         # keys enter the dictionaries after the losses, gathered so every rank holds the same
         new_g = torch.cat([keys[v][0] for _, v in pairs])
@@ -314,14 +314,17 @@ class MLS(NoRankStateMixin, nn.Module):
         return multi_hot(ids, self.precision_classes).to(self.device)
 
     def _label_metrics(
-        self, labels: torch.Tensor, classes: Optional[torch.Tensor]
-    ) -> Dict[str, float]:
+        self, labels: torch.Tensor, classes: Optional[torch.Tensor], labelled: bool
+    ) -> Dict[str, torch.Tensor]:
+        # labelled: some query has a class (known on the host from the inputs). Every query has
+        # min(k, D) >= 1 pseudo-positives here, so the precision is defined exactly then
         metrics = {"mls/pseudo_label_usage": pseudo_label_usage(labels)}
-        if classes is not None:
-            result = pseudo_label_precision(labels, classes, self.dictionary.valid("classes"))
-            if result is not None:
-                metrics["mls/pseudo_label_precision"] = result[0]
-                metrics["mls/pseudo_label_precision_chance"] = result[1]
+        if classes is not None and labelled:
+            precision, chance = pseudo_label_precision(
+                labels, classes, self.dictionary.valid("classes")
+            )
+            metrics["mls/pseudo_label_precision"] = precision
+            metrics["mls/pseudo_label_precision_chance"] = chance
         return metrics
 
     def inference(self, batched_inputs: List[dict]) -> List[dict]:

@@ -4,7 +4,7 @@ L = L_InfoNCE + w L_ml: MoCo's InfoNCE against the dictionary Q_z, plus a binary
 whose targets are the top-k pseudo-labels y = top-k(g1 . Q_g) and whose logits are z1 . Q_z / tau.
 Pure functions of tensors; :class:`~ssprl_d2.modeling.mls.MLS` decides what to feed them.
 """
-from typing import Optional
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +82,10 @@ def multilabel_bce(
 @torch.no_grad()
 def pseudo_label_precision(
     labels: torch.Tensor, query_classes: torch.Tensor, dictionary_classes: torch.Tensor
-) -> Optional[tuple]:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """How often pseudo-positives share a ground-truth class with their query.
+
+    Computed on the device without a data-dependent shape or a read back to the host.
 
     Args:
         labels: (B, D) 0/1 pseudo-labels.
@@ -91,26 +93,34 @@ def pseudo_label_precision(
         dictionary_classes: (D, C) multi-hot classes of the dictionary entries.
 
     Returns:
-        (precision, chance) over the queries with at least one class: the mean fraction of a
-        query's pseudo-positives that share a class with it, and the same fraction over the
-        whole dictionary (what random pseudo-labels would score); None when no query has a
-        class or no query has a pseudo-positive.
+        (precision, chance), 0-dim tensors over the queries with at least one class and at least
+        one pseudo-positive: the mean fraction of a query's pseudo-positives that share a class
+        with it, and the same fraction over the whole dictionary (what random pseudo-labels would
+        score); both NaN when no query has a class or no query has a pseudo-positive.
     """
     shares = (query_classes.float() @ dictionary_classes.float().t()) > 0
-    rows = (query_classes.sum(dim=1) > 0) & (labels.sum(dim=1) > 0)
-    if not bool(rows.any()):
-        return None
+    rows = ((query_classes.sum(dim=1) > 0) & (labels.sum(dim=1) > 0)).float()
     hits = (shares.float() * labels).sum(dim=1) / labels.sum(dim=1).clamp(min=1)
     chance = shares.float().mean(dim=1)
-    return float(hits[rows].mean()), float(chance[rows].mean())
+    # means over the selected rows; 0 / 0 = NaN when there is none
+    count = rows.sum()
+    return (hits * rows).sum() / count, (chance * rows).sum() / count
 
 
 @torch.no_grad()
-def pseudo_label_usage(labels: torch.Tensor) -> float:
+def pseudo_label_usage(labels: torch.Tensor) -> torch.Tensor:
     """Distinct entries among a batch's pseudo-positives over their count, in (0, 1].
 
     1 when no two queries share a pseudo-positive; 1 / B when every query picked the same k
     entries (a collapse signal). 0 when there are no pseudo-positives.
+
+    Args:
+        labels: (B, D) 0/1 pseudo-labels.
+
+    Returns:
+        a 0-dim float64 tensor on the labels' device.
     """
-    total = float(labels.sum())
-    return float((labels.sum(dim=0) > 0).sum()) / total if total else 0.0
+    total = labels.sum().double()
+    distinct = (labels.sum(dim=0) > 0).sum().double()
+    # the labels are 0/1: a positive total is at least 1, and with none the numerator is 0
+    return distinct / total.clamp(min=1.0)

@@ -6,7 +6,7 @@ one size are batched, moved to the device and photometrically augmented there, s
 (``"photometric_done"``); the trunk's output is pooled; scalars go to the event storage.
 """
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -179,10 +179,33 @@ def inference_features(
     return [{"features": f} for f in feats]
 
 
-def put_scalars(**scalars: float) -> None:
-    """Scalars to the trainer's event storage (TensorBoard, metrics.json); none outside one."""
+def put_scalars(**scalars: Union[float, torch.Tensor]) -> None:
+    """Scalars to the trainer's event storage (TensorBoard, metrics.json); none outside one.
+
+    The pre-trainers hand their metrics over as 0-dim tensors on the training device, so that a
+    step does not read the device for them: they are read here, only when a storage exists, in
+    one copy per device (Detectron2 reads the losses back after the step anyway). A NaN value is
+    written as such.
+
+    Args:
+        scalars: {name: Python number or 0-dim tensor}.
+    """
     try:
         storage = get_event_storage()
     except AssertionError:  # no storage outside a trainer (tests, benchmarks)
         return
-    storage.put_scalars(**scalars, smoothing_hint=False)
+    storage.put_scalars(**_host_values(scalars), smoothing_hint=False)
+
+
+def _host_values(scalars: Dict[str, Union[float, torch.Tensor]]) -> Dict[str, float]:
+    # Python floats of every value: the tensors of one device read back in one transfer, each as
+    # float(tensor) reads it (float64 holds every float32 and int32 value exactly)
+    out = {k: float(v) for k, v in scalars.items() if not isinstance(v, torch.Tensor)}
+    by_device: Dict[torch.device, List[str]] = {}
+    for k, v in scalars.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for names in by_device.values():
+        stacked = torch.stack([scalars[k].detach().reshape(()).double() for k in names])
+        out.update(zip(names, stacked.tolist()))
+    return {k: out[k] for k in scalars}

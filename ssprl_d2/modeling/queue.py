@@ -4,7 +4,7 @@
 release). :class:`AlignedDictionary`: several dictionaries of one length and one order, row i of
 each coming from the same key (MLS's Q_g and Q_z, and optionally the keys' class labels).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -49,7 +49,10 @@ class EmbeddingQueue(nn.Module):
     """One FIFO of L2-normalised embeddings per view, kept as buffers so checkpoints hold them.
 
     The queue is filled only while ``active`` (switched on by a hook at the configured epoch) and
-    is used for Sinkhorn only once it is full, as in SwAV.
+    is used for Sinkhorn only once it is full, as in SwAV. The number of valid rows is the
+    ``count`` buffer (checkpointed) and its exact mirror on the host, :attr:`filled`, so that a
+    training step never reads the device: the mirror follows :meth:`push` and :meth:`reset` and is
+    read back from the buffer whenever a state dict is loaded.
     """
 
     def __init__(self, num_views: int, length: int, dim: int):
@@ -57,6 +60,7 @@ class EmbeddingQueue(nn.Module):
         self.register_buffer("embeddings", torch.zeros(num_views, length, dim))
         # number of valid rows; checkpointed so a resumed run knows whether the queue is full
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._filled = 0
         self.active = False
 
     @property
@@ -64,9 +68,14 @@ class EmbeddingQueue(nn.Module):
         return self.embeddings.shape[1]
 
     @property
+    def filled(self) -> int:
+        """Valid rows (the ``count`` buffer, read from the host mirror)."""
+        return self._filled
+
+    @property
     def ready(self) -> bool:
         """True when the queue is switched on and full, i.e. its rows may join Sinkhorn."""
-        return self.active and self.length > 0 and int(self.count) >= self.length
+        return self.active and self.length > 0 and self._filled >= self.length
 
     @torch.no_grad()
     def push(self, views: Sequence[torch.Tensor]) -> None:
@@ -83,7 +92,22 @@ class EmbeddingQueue(nn.Module):
         self.embeddings[:, n:] = self.embeddings[:, : self.length - n].clone()
         for j, z in enumerate(views):
             self.embeddings[j, :n] = z[-n:].detach().to(self.embeddings.dtype)
-        self.count.fill_(min(int(self.count) + n, self.length))
+        self._filled = min(self._filled + n, self.length)
+        self.count.fill_(self._filled)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the queue (it refills, and joins Sinkhorn again once full)."""
+        self.embeddings.zero_()
+        self.count.zero_()
+        self._filled = 0
+
+    def _load_from_state_dict(
+        self, state_dict: Dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # a loaded ``count`` replaces the mirror: read it back once, outside any training step
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.count)
 
 
 class AlignedDictionary(nn.Module):
@@ -91,7 +115,9 @@ class AlignedDictionary(nn.Module):
 
     Each field is a (length, dim) buffer; a push writes the same rows of every field, so row i of
     every field always describes the same key, also after the write position wraps around. Rows
-    ``[0, count)`` are valid (the buffer fills from row 0 before it first wraps).
+    ``[0, count)`` are valid (the buffer fills from row 0 before it first wraps). The write
+    position and the valid rows are buffers (checkpointed) with exact host mirrors, so that a
+    training step never reads the device; the mirrors are read back when a state dict is loaded.
     """
 
     def __init__(self, length: int, fields: Dict[str, Tuple[int, torch.dtype]]):
@@ -111,6 +137,8 @@ class AlignedDictionary(nn.Module):
         # next row to write, and valid rows; checkpointed so a resumed run continues in place
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._ptr = 0
+        self._count = 0
 
     @property
     def length(self) -> int:
@@ -119,11 +147,11 @@ class AlignedDictionary(nn.Module):
     @property
     def fill(self) -> float:
         """Fraction of valid rows, in [0, 1]."""
-        return int(self.count) / self.length
+        return self._count / self.length
 
     def valid(self, name: str) -> torch.Tensor:
         """The valid rows of field ``name``: (count, dim)."""
-        return getattr(self, name)[: int(self.count)]
+        return getattr(self, name)[: self._count]
 
     @torch.no_grad()
     def push(self, **rows: torch.Tensor) -> None:
@@ -141,9 +169,19 @@ class AlignedDictionary(nn.Module):
         num = n.pop()
         length = self.length
         skip = max(0, num - length)
-        index = (int(self.ptr) + skip + torch.arange(num - skip)) % length
+        device = self.ptr.device
+        index = (self._ptr + skip + torch.arange(num - skip, device=device)) % length
         for name, value in rows.items():
             buf = getattr(self, name)
             buf[index.to(buf.device)] = value[skip:].detach().to(buf.dtype)
-        self.ptr.fill_((int(self.ptr) + num) % length)
-        self.count.fill_(min(int(self.count) + num, length))
+        self._ptr = (self._ptr + num) % length
+        self._count = min(self._count + num, length)
+        self.ptr.fill_(self._ptr)
+        self.count.fill_(self._count)
+
+    def _load_from_state_dict(
+        self, state_dict: Dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # loaded ``ptr`` and ``count`` replace the mirrors: read them back once, outside a step
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ptr, self._count = int(self.ptr), int(self.count)

@@ -39,7 +39,8 @@ def sinkhorn(
         dist.all_reduce(shift, op=dist.ReduceOp.MAX)
     q = torch.exp((scores - shift) / epsilon).t()  # K x B_local
     num_prototypes = q.shape[0]
-    num_samples = torch.tensor(float(q.shape[1]), device=q.device)
+    # filled on the device (torch.tensor(..., device=cuda) would copy from the host)
+    num_samples = torch.full((), float(q.shape[1]), device=q.device)
     total = q.sum()
     if reduce:
         dist.all_reduce(num_samples)

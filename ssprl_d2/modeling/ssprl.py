@@ -1,6 +1,6 @@
 """The SS-PRL pre-trainer as a Detectron2 meta-architecture (``META_ARCHITECTURE: "SSPRL"``)."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -250,18 +250,15 @@ class SSPRL(nn.Module):
 
     def load_rank_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`rank_state_dict` returned (on this process)."""
-        own = self.state_dict()
-        if set(state) != {k for k in own if k.startswith("queues.")}:
+        if set(state) != {k for k in self.state_dict() if k.startswith("queues.")}:
             raise ValueError(f"per-process state has keys {sorted(state)}; expected the queues")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+        # through load_state_dict, so that each queue reads its loaded fill count back
+        self.queues.load_state_dict({k[len("queues.") :]: v for k, v in state.items()})
 
     def reset_rank_state(self) -> None:
         """Empty every queue (it refills, and joins Sinkhorn again once full)."""
         for queue in self.queue_modules():
-            queue.embeddings.zero_()
-            queue.count.zero_()
+            queue.reset()
 
     # ---------------------------------------------------------------- trunk
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -316,7 +313,10 @@ class SSPRL(nn.Module):
         batch = len(batched_inputs)
         feats = self.embed_crops(batched_inputs)
         losses: Dict[str, torch.Tensor] = {}
-        metrics: Dict[str, float] = {"data/skipped_images": float(self.skipped_images)}
+        # 0-dim tensors on the device, read back by put_scalars only inside a trainer
+        metrics: Dict[str, Union[float, torch.Tensor]] = {
+            "data/skipped_images": float(self.skipped_images)
+        }
         global_codes: List[torch.Tensor] = []
         for s in range(self.num_scales):
             views = self.scale_views[s]
