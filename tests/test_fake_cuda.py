@@ -29,11 +29,15 @@ from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
     FakeTensor,
-    FakeTensorDeviceMismatchError,
     FakeTensorMode,
 )
 from torch.utils import _pytree as pytree
 from util import random_batch, set_keys, tiny_cfg
+
+try:  # torch 2.14 names the error; 2.11 (the GPU node's) raises a plain RuntimeError
+    from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
+except ImportError:  # pragma: no cover - older torch
+    FakeTensorDeviceMismatchError = RuntimeError
 
 import ssprl_d2.modeling.local_global as local_global_module
 import ssprl_d2.modeling.mls as mls_module
