@@ -69,11 +69,13 @@ def _flat_keys(node: CfgNode, prefix: str = "") -> List[str]:
     return keys
 
 
-def _did_you_mean(key: str, known: Sequence[str]) -> str:
+def _did_you_mean(key: str, known: Sequence[str], sep: str = ".") -> str:
+    """" ; did you mean A or B?" for the known names closest to ``key`` (whole, else the last
+    ``sep``-separated part: a misspelt leaf under the right node, a file in another folder)."""
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
-    if not close:  # the last part alone: a misspelt leaf under the right node
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in known}
+    if not close:
+        leaf = key.rsplit(sep, 1)[-1]
+        leaves = {k.rsplit(sep, 1)[-1]: k for k in known}
         close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.8)]
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
@@ -143,7 +145,7 @@ def checked_config_file(config_file: str) -> str:
         shipped = sorted(glob.glob(os.path.join(configs_dir(), "**", "*.yaml"), recursive=True))
         names = [os.path.join("configs", os.path.relpath(p, configs_dir())) for p in shipped]
         raise UserError(f"config file {config_file} does not exist"
-                        f"{_did_you_mean(config_file, names)}")  # fmt: skip
+                        f"{_did_you_mean(config_file, names, sep='/')}")  # fmt: skip
     _base_chain(path)
     return path
 

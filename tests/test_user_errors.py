@@ -124,13 +124,19 @@ def _cases(root) -> List[tuple]:
          "MODEL.WEIGHTS"),
         ("probe of a text file", _tool("probe.py") + ["--config-file", LINEAR, "--weights",
                                                       notes], "notes.txt"),
+        ("benchmark of a misspelt config", _tool("benchmark.py")
+         + ["--config-file", "configs/ssprl_pretrian.yaml"], "did you mean configs/ssprl_pretrain"),
+        ("a SLURM job with a typo", _tool("launch_slurm.py") + ["--local", "--job-dir", run, "--",
+                                                               "--config-file", PRETRAIN,
+                                                               "SOLVER.MAX_ITERS", "5"],
+         "SOLVER.MAX_ITERS"),
         ("unknown transfer benchmark", _tool("run_transfer.py")
          + [str(root / "run" / "model_0000004.pth"), "no_such_benchmark", "--out", run],
          "no_such_benchmark"),
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("index", range(27))
+@pytest.mark.parametrize("index", range(29))
 def test_a_user_mistake_gets_one_line_and_touches_nothing(files, index):
     case = _cases(files)[index]
     name, cmd, needle = case[:3]
@@ -153,4 +159,4 @@ def test_a_user_mistake_gets_one_line_and_touches_nothing(files, index):
 
 
 def test_the_case_list_has_the_issues_rows_and_ten_more(files):
-    assert len(_cases(files)) == 27
+    assert len(_cases(files)) == 29

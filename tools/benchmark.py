@@ -20,7 +20,7 @@ import torch
 from detectron2.modeling import build_model
 
 import ssprl_d2  # noqa: F401
-from ssprl_d2 import load_config
+from ssprl_d2.checks import load_config_checked, run_command
 from ssprl_d2.atomic import atomic_write_bytes
 from ssprl_d2.benchmark import (
     bench_training_step,
@@ -47,9 +47,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    return run_command("benchmark", lambda: _benchmark(args))
+
+
+def _benchmark(args) -> int:
+    cfg = load_config_checked(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     if args.device == "cpu":
         cfg.MODEL.RESNETS.NORM = cfg.MODEL.SSPRL.HEAD_NORM = "BN"
@@ -71,8 +75,8 @@ def main(argv=None) -> dict:
     print(json.dumps(results, indent=1))
     if args.output:
         atomic_write_bytes(args.output, json.dumps(results, indent=1).encode())
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(main())

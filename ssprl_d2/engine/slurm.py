@@ -16,6 +16,8 @@ from typing import Any, List, Optional, Sequence
 
 import submitit
 
+from ..checks import load_config_checked, run_command
+
 __all__ = ["TrainJob", "submit_training"]
 
 logger = logging.getLogger(__name__)
@@ -166,6 +168,15 @@ def main_cli(argv: Optional[List[str]] = None) -> int:  # pragma: no cover - thi
     train_args = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
     if not train_args:
         p.error("give the tools/train_net.py arguments after --")
+    return run_command("launch_slurm", lambda: _submit(a, train_args))
+
+
+def _submit(a: Any, train_args: List[str]) -> int:
+    from .train import argument_parser
+
+    # the config file and every key, here, before a job waits in the queue to fail
+    args = argument_parser().parse_args(train_args)
+    load_config_checked(args.config_file, args.opts)
     job = submit_training(
         train_args,
         a.job_dir,
