@@ -171,3 +171,19 @@ def test_cpu_config_builds_and_needs_recorded_boxes():
     cfg.INPUT.SSPRL.RECORD_BOXES = False
     with pytest.raises(ValueError, match="RECORD_BOXES"):
         build_model(cfg)
+
+
+def test_the_teacher_has_no_stochastic_depth_when_the_student_has():
+    # DINO's teacher is built without drop path: its targets must not be random
+    torch.manual_seed(0)
+    backbone = build_timm_vit(img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2,
+                              drop_path_rate=0.5)  # fmt: skip
+    model = _tiny_model(backbone=backbone).train()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        student = [model.backbone.forward_features(x) for _ in range(2)]
+        teacher = [model.teacher_backbone.forward_features(x) for _ in range(2)]
+    assert not torch.equal(student[0], student[1])  # drop path is on in the student
+    assert torch.equal(teacher[0], teacher[1])
+    # same weights and names: the checkpoint and the export are unchanged
+    assert model.teacher_backbone.state_dict().keys() == model.backbone.state_dict().keys()

@@ -6,13 +6,20 @@ run continues from it; its parameters take no gradient and are moved only by :fu
 import copy
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 __all__ = ["momentum_copy", "ema_update_"]
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with the same weights whose parameters take no gradient.
+    """A deep copy of ``module`` with the same weights whose parameters take no gradient, and
+    without stochastic depth.
+
+    The copy makes targets, so it must be deterministic for a given input: DINO builds its
+    teacher without drop path (``drop_path_rate`` 0), MoCo's key encoder has none. A student's
+    ``DropPath`` layers (timm's, parameter-free) become identities in the copy; its state dict is
+    unchanged.
 
     Args:
         module: the online network (query encoder, student).
@@ -23,6 +30,10 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad_(False)
+    for parent in list(target.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DropPath):
+                setattr(parent, name, nn.Identity())
     return target
 
 
