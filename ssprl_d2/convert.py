@@ -25,6 +25,7 @@ __all__ = [
     "ConversionError",
     "ConversionReport",
     "load_state_dict_any",
+    "select_network",
     "extract_trunk",
     "infer_depth",
     "validate_trunk",
@@ -50,6 +51,10 @@ RESNET_SPECS = {
 }
 # prefixes under which a pre-trainer keeps its trunk (DDP "module." is stripped first)
 TRUNK_PREFIXES = ("backbone.bottom_up.", "backbone.", "trunk.", "encoder_q.", "encoder.")
+# the momentum copy of the trunk in a momentum method's checkpoint (local-global's teacher, MLS's
+# key encoder), and what the export may take from such a checkpoint
+MOMENTUM_PREFIXES = ("teacher_backbone.", "key_backbone.")
+NETWORKS = ("teacher", "student")
 
 
 class ConversionError(ValueError):
@@ -463,8 +468,49 @@ def save_vitdet(trunk: Mapping[str, torch.Tensor], path: str, author: str = "ssp
     atomic_write(path, lambda f: pickle.dump(payload, f))
 
 
+def select_network(
+    state: Mapping[str, torch.Tensor], network: str = "teacher"
+) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The trunk to export from a momentum method's checkpoint, under ``backbone.``.
+
+    DINO-family evaluation takes the teacher (the better network in DINO's report); MoCo-style
+    methods (MLS) have the same choice between the query and the momentum (key) encoder. With
+    ``"teacher"`` the momentum copy (``teacher_backbone.*`` / ``key_backbone.*``) is renamed to
+    ``backbone.*`` and the student goes to ``student_backbone.*`` (dropped by the export);
+    ``"student"`` keeps the student. A checkpoint without a momentum copy is returned unchanged.
+
+    Args:
+        state: a flat state dict.
+        network: "teacher" (default) or "student".
+
+    Returns:
+        (state dict, a description of the network taken: "" without a momentum copy).
+    """
+    if network not in NETWORKS:
+        raise ConversionError(f"unknown network {network!r}; one of {NETWORKS}")
+    bare = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+    momentum = next((p for p in MOMENTUM_PREFIXES if any(k.startswith(p) for k in bare)), None)
+    if momentum is None:
+        return dict(state), ""
+    if network == "student":
+        return dict(state), "the student (backbone.*)"
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in bare.items():
+        if k.startswith("backbone."):
+            out["student_" + k] = v
+        elif k.startswith(momentum):
+            out["backbone." + k[len(momentum) :]] = v
+        else:
+            out[k] = v
+    return out, f"the momentum copy ({momentum[:-1]}.*)"
+
+
 def convert_checkpoint(
-    src: str, dst: str, output_format: str = "detectron2", depth: Optional[int] = None
+    src: str,
+    dst: str,
+    output_format: str = "detectron2",
+    depth: Optional[int] = None,
+    network: str = "teacher",
 ) -> ConversionReport:
     """Read ``src``, keep the trunk, check it, write ``dst``; nothing is written on any error.
 
@@ -474,6 +520,8 @@ def convert_checkpoint(
         output_format: "detectron2" (ResNet names, or ``backbone.net.*`` of ViTDet for a ViT),
             "torchvision" (ResNet only) or "timm" (ViT only).
         depth: the ResNet depth the trunk must have (inferred when None).
+        network: of a momentum method's checkpoint, "teacher" (its momentum copy, the default)
+            or "student" (:func:`select_network`).
 
     Returns:
         the report of kept, dropped and renamed keys.
@@ -481,6 +529,9 @@ def convert_checkpoint(
     if output_format not in ("detectron2", "torchvision", "timm"):
         raise ConversionError(f"unknown output format {output_format!r}")
     state, container = load_state_dict_any(src)
+    state, taken = select_network(state, network)
+    if taken:
+        container += f", exporting {taken}"
     if is_vit_state(state):
         if output_format == "torchvision" or depth is not None:
             raise ConversionError(
@@ -552,9 +603,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="detectron2 (ResNet or ViTDet names), torchvision (ResNet), timm (ViT)")
     p.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152],
                    help="ResNet depth the trunk must have (default: inferred)")
+    p.add_argument("--network", choices=NETWORKS, default="teacher",
+                   help="of an MLS or local-global checkpoint: the momentum encoder / teacher "
+                        "(default, as DINO evaluates) or the student")
     args = p.parse_args(argv)
     try:
-        report = convert_checkpoint(args.input, args.output, args.format, args.depth)
+        report = convert_checkpoint(args.input, args.output, args.format, args.depth,
+                                    args.network)
     except ConversionError as e:
         print(f"convert_weights: error: {e}; nothing written", file=sys.stderr)
         return 2

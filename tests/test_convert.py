@@ -157,8 +157,10 @@ def test_tool_reports_and_exits_non_zero_without_writing(ssprl_r18_checkpoint, t
     assert not bad.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
-def test_mls_export_keeps_the_query_trunk_and_loads_into_mask_rcnn(tmp_path):
-    """MLS checkpoints hold a key encoder too: the export must take ``backbone.*`` only."""
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_mls_export_takes_the_key_encoder_by_default_and_loads_into_mask_rcnn(tmp_path, network):
+    """MLS checkpoints hold two trunks: the momentum (key) encoder by default, the query trunk
+    with ``network="student"``; the other one and every head are dropped."""
     from test_mls import mls_tiny_cfg
 
     torch.manual_seed(0)
@@ -169,9 +171,10 @@ def test_mls_export_keeps_the_query_trunk_and_loads_into_mask_rcnn(tmp_path):
     ckpt = str(tmp_path / "mls_r18.pth")
     torch.save({"model": pretrainer.state_dict()}, ckpt)
     out = str(tmp_path / "mls_r18.pkl")
-    report = convert_checkpoint(ckpt, out)
+    report = convert_checkpoint(ckpt, out, network=network)
     assert report.depth == 18
-    for dropped in ("key_backbone.", "key_head.", "head.", "dictionary."):
+    other = "student_backbone." if network == "teacher" else "key_backbone."
+    for dropped in (other, "key_head.", "head.", "dictionary."):
         assert any(k.startswith(dropped) for k in report.dropped), dropped
 
     det_cfg = get_cfg()
@@ -183,13 +186,15 @@ def test_mls_export_keeps_the_query_trunk_and_loads_into_mask_rcnn(tmp_path):
     detector = build_model(det_cfg)
     DetectionCheckpointer(detector).load(out)
     after = detector.state_dict()
-    query = {k[len("backbone."):]: v for k, v in pretrainer.state_dict().items()
-             if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
-    assert query
-    for k, v in query.items():
+    chosen = pretrainer.key_backbone if network == "teacher" else pretrainer.backbone
+    expected = {k: v for k, v in chosen.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+    assert expected
+    for k, v in expected.items():
         assert torch.equal(after["backbone.bottom_up." + k], v), k
-    key_conv = pretrainer.key_backbone.stem.conv1.weight
-    assert not torch.equal(after["backbone.bottom_up.stem.conv1.weight"], key_conv)
+    unchosen = pretrainer.backbone if network == "teacher" else pretrainer.key_backbone
+    assert not torch.equal(after["backbone.bottom_up.stem.conv1.weight"],
+                           unchosen.stem.conv1.weight)
 
 
 # ---------------------------------------------------------------------------- ViT
@@ -217,12 +222,16 @@ def localglobal_checkpoint(tmp_path_factory):
     return path, model
 
 
-def test_vit_export_loads_into_vitdet_with_every_tensor_equal(localglobal_checkpoint, tmp_path):
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_vit_export_loads_into_vitdet_with_every_tensor_equal(localglobal_checkpoint, tmp_path,
+                                                              network):
+    """The teacher by default (as DINO evaluates), the student with ``network="student"``."""
     path, model = localglobal_checkpoint
     out = str(tmp_path / "vit.pkl")
-    report = convert_checkpoint(path, out)
+    report = convert_checkpoint(path, out, network=network)
     assert report.architecture.startswith("ViT (width 96, depth 2, patch 8")
-    for dropped in ("teacher_backbone.", "teacher_head.", "head.", "center",
+    other = "student_backbone." if network == "teacher" else "teacher_backbone."
+    for dropped in (other, "teacher_head.", "head.", "center",
                     "backbone.cls_token", "backbone.norm.weight"):
         assert any(k.startswith(dropped) for k in report.dropped), dropped
     with open(out, "rb") as f:
@@ -242,9 +251,9 @@ def test_vit_export_loads_into_vitdet_with_every_tensor_equal(localglobal_checkp
     after = detector.state_dict()
     net = [k for k in after if k.startswith("backbone.net.") and "rel_pos" not in k]
     assert sorted(net) == sorted(exported)
-    student = model.backbone.state_dict()
+    chosen = (model.teacher_backbone if network == "teacher" else model.backbone).state_dict()
     for k in net:
-        assert torch.equal(after[k], student[k[len("backbone.net."):]]), k
+        assert torch.equal(after[k], chosen[k[len("backbone.net."):]]), k
         assert torch.equal(after[k], torch.from_numpy(exported[k])), k
 
 
@@ -257,7 +266,7 @@ def test_vit_export_to_timm_loads_strictly(localglobal_checkpoint, tmp_path):
     vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
                             img_size=48, patch_size=8, embed_dim=96, depth=2, num_heads=3)
     vit.load_state_dict(torch.load(out), strict=True)
-    for k, v in model.backbone.state_dict().items():
+    for k, v in model.teacher_backbone.state_dict().items():  # the default: the teacher
         assert torch.equal(vit.state_dict()[k], v), k
 
 
@@ -268,10 +277,11 @@ def test_vit_export_refusals(localglobal_checkpoint, ssprl_r18_checkpoint, tmp_p
     r18, _ = ssprl_r18_checkpoint
     with pytest.raises(ConversionError, match="for ViT checkpoints"):
         convert_checkpoint(r18, str(tmp_path / "b.pth"), output_format="timm")
-    state, _ = load_state_dict_any(path)
-    del state["backbone.blocks.1.mlp.fc2.bias"]
-    broken = tmp_path / "broken.pth"
-    torch.save({"model": state}, broken)
-    with pytest.raises(ConversionError, match="missing"):
-        convert_checkpoint(str(broken), str(tmp_path / "c.pkl"))
+    for network, prefix in (("teacher", "teacher_backbone."), ("student", "backbone.")):
+        state, _ = load_state_dict_any(path)
+        del state[prefix + "blocks.1.mlp.fc2.bias"]
+        broken = tmp_path / "broken.pth"
+        torch.save({"model": state}, broken)
+        with pytest.raises(ConversionError, match="missing"):
+            convert_checkpoint(str(broken), str(tmp_path / "c.pkl"), network=network)
     assert not [p for p in os.listdir(tmp_path) if p.endswith((".pkl", ".tmp"))]

@@ -75,6 +75,8 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules")
 # pre-training checkpoints every this many iterations, so an interrupted one resumes
 PRETRAIN_CHECKPOINT_PERIOD = 200
 KNN_K = 20
+# which trunk of a momentum method (MLS, local-global) the study exports and evaluates
+STUDY_NETWORK = "student"
 KNN_RECOMPUTE_BN = True  # the probe's default: every trunk's BN statistics from the probe images
 
 
@@ -173,7 +175,9 @@ def _pretrained_trunk(train_net, variant, seed, directory, args):
                                   lambda: _run(train_net, config, opts, resume=True))
     weights = os.path.join(directory, "trunk.pkl")
     if not os.path.isfile(weights) or os.path.getmtime(weights) < os.path.getmtime(final):
-        convert_checkpoint(final, weights)
+        # the recorded study figures were made from the student (query) trunk, before the
+        # converter's default became the momentum copy (docs/results.md)
+        convert_checkpoint(final, weights, network=STUDY_NETWORK)
     return weights
 
 
@@ -309,7 +313,7 @@ def vit_study(args, train_net) -> int:
                                              "OUTPUT_DIR", pre_dir])
                 ckpt = os.path.join(pre_dir, "model_final.pth")
                 weights = os.path.join(vit_dir, "vit.pkl")
-                convert_checkpoint(ckpt, weights)
+                convert_checkpoint(ckpt, weights, network=STUDY_NETWORK)
             # CLS-token kNN probe on the global-crop size (random init: the seeded random ViT)
             size = cfg.INPUT.SSPRL.SIZE_CROPS[0]
             cfg.INPUT.MULTILABEL.CROP_SIZE, cfg.INPUT.MULTILABEL.RESIZE_SIZE = size, size
