@@ -12,7 +12,7 @@ import glob
 import os
 import re
 import sys
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Sequence
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
@@ -29,7 +29,6 @@ __all__ = [
     "check_resume_target",
     "check_weights_file",
     "checked_config_file",
-    "existing_file",
     "load_config_checked",
     "run_command",
 ]
@@ -282,14 +281,3 @@ def check_machine(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
         raise UserError("SyncBN (MODEL.RESNETS.NORM, MODEL.FPN.NORM, the ROI heads' or "
                         "MODEL.SSPRL.HEAD_NORM) needs CUDA with several processes: on the CPU use "
                         "naiveSyncBN (gloo) or BN")  # fmt: skip
-
-
-def existing_file(path: Optional[str], what: str) -> str:
-    """``path`` if it is an existing file, else a :class:`UserError` naming ``what``."""
-    if not path:
-        raise UserError(f"no {what} given")
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path} is a folder, not a file")
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path} does not exist")
-    return path

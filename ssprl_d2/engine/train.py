@@ -224,12 +224,18 @@ def write_results(cfg, results):
     logging.getLogger("detectron2").info(f"Evaluation results written to {path}")
 
 
-def checked_config(args) -> CfgNode:
+def checked_config(args, files: bool = True) -> CfgNode:
     """The run's config, with every input checked before anything is built or written.
 
     The config file and keys (:func:`~ssprl_d2.checks.load_config_checked`), the user's datasets
     (``DATASETS.SSPRL.REGISTER``) and the ones named in ``DATASETS``, ``MODEL.WEIGHTS`` (unless a
     ``--resume`` continues a run), the ``--resume`` target, and the settings against the machine.
+
+    Args:
+        args: the parsed command line.
+        files: also read the datasets' files and the checkpoints (once, in the process that
+            parsed the command line: :func:`cli` does it before ``launch``, so the training
+            processes do not read every checkpoint a second time).
 
     Raises:
         UserError: a mistake in the command line, the config or the files it names.
@@ -239,6 +245,8 @@ def checked_config(args) -> CfgNode:
         register_from_cfg(cfg)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if not files:
+        return cfg
     check_machine(cfg, args.num_gpus, args.num_machines)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
@@ -263,7 +271,7 @@ def setup(args):
     (which writes ``OUTPUT_DIR/config.yaml`` and the logs) and the package's logger."""
     # Detectron2's default_setup logs the file's contents: the one found
     args.config_file = checked_config_file(args.config_file)
-    cfg = checked_config(args)
+    cfg = checked_config(args, files=not getattr(args, "inputs_checked", False))
     cfg.freeze()
     default_setup(cfg, args)
     # the package's own messages (queue switch, probe, skipped images) next to Detectron2's
@@ -309,6 +317,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
 
     def start() -> int:
         checked_config(args)
+        args.inputs_checked = True  # travels with args to every training process
         logging.getLogger(__name__).info(f"Command line arguments: {args}")
         launch(
             main,
