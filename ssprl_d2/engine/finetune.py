@@ -1,7 +1,8 @@
 """Optimiser of fine-tuning (detection, semantic segmentation), composed by ``tools/train_net.py``.
 
 ResNet fine-tuning keeps Detectron2's default (SGD). ``SOLVER.SSPRL.OPTIMIZER: "AdamW"`` gives
-ViTDet's optimiser: AdamW, no weight decay on norms, biases and position embeddings, and
+ViTDet's optimiser: AdamW, no weight decay on norms and position embeddings (biases decay as
+``SOLVER.WEIGHT_DECAY_BIAS`` says; ViTDet: as weights), and
 layer-wise learning-rate decay over the ViT's blocks (``SOLVER.SSPRL.LAYER_DECAY``).
 """
 from functools import partial
@@ -38,7 +39,9 @@ def build_finetune_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         base_lr=s.BASE_LR,
         weight_decay=s.WEIGHT_DECAY,
         weight_decay_norm=s.WEIGHT_DECAY_NORM,
-        weight_decay_bias=0.0,
+        # ViTDet leaves weight_decay_bias None: biases decay as weights do (Detectron2's
+        # SOLVER.WEIGHT_DECAY_BIAS, default None = SOLVER.WEIGHT_DECAY)
+        weight_decay_bias=s.WEIGHT_DECAY_BIAS,
         lr_factor_func=lr_factor,
         overrides={"pos_embed": {"weight_decay": 0.0}},
     )
