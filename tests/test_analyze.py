@@ -16,12 +16,18 @@ from PIL import Image
 from util import REPO, tiny_cfg
 
 from ssprl_d2.analysis import AnalysisOptions, cosine_neighbors, knn_multilabel_map, write_report
-from ssprl_d2.analysis.curves import collapse_spans, curve_groups, load_metrics
+from ssprl_d2.analysis.curves import collapse_spans, curve_groups, load_metrics, scale_collapse
 from ssprl_d2.analysis.features import cut_grid
 from ssprl_d2.analysis.figures import curves_figure, save_figure
-from ssprl_d2.analysis.prototypes import cooccurrence, top_members, top_pairs
+from ssprl_d2.analysis.prototypes import (
+    cooccurrence,
+    effective_prototype_share,
+    top_members,
+    top_pairs,
+)
 from ssprl_d2.data.datasets import register_coco_format
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
+from ssprl_d2.modeling.loss import effective_prototypes, effective_prototypes_of_counts
 
 ANALYZE = os.path.join(REPO, "tools", "analyze.py")
 
@@ -162,6 +168,91 @@ def test_collapse_spans_mark_entropy_at_one():
     its = np.array([0, 20, 40, 60, 80])
     assert collapse_spans(its, np.array([0.99, 0.98, 0.7, 0.99, 0.99])) == [(0, 20), (60, 80)]
     assert collapse_spans(its, np.full(5, 0.5)) == []
+    # the effective share collapses downwards
+    assert collapse_spans(its, np.array([0.9, 0.2, 0.25, 0.6, 0.1]), 0.25, below=True) == [
+        (20, 40), (80, 80)]
+
+
+def test_effective_prototypes_of_hand_made_histograms():
+    def share(counts):
+        return float(effective_prototypes_of_counts(torch.tensor(counts, dtype=torch.float64)))
+
+    assert share([5, 5, 5, 5]) == pytest.approx(1.0)  # uniform: all K in use
+    assert share([4, 0, 0, 0]) == pytest.approx(0.25)  # all on one: 1 / K
+    assert share([2, 2, 0, 0]) == pytest.approx(0.5)  # H = ln 2: two equal prototypes of 4
+    # [3, 1]: exp(H) = 0.75^-0.75 * 0.25^-0.25 = 1.7548, of K = 2
+    assert share([3, 1]) == pytest.approx(0.877383, abs=1e-6)
+    # the arg-max of each row is counted: rows pick 0, 0, 1, 1 of K = 4
+    scores = torch.tensor([[5.0, 1, 0, 0], [2, 1, 0, 0], [0, 3, 1, 0], [0, 9, 0, 8]])
+    value = effective_prototypes(scores)
+    assert value.dim() == 0 and value.dtype == torch.float64
+    assert float(value) == pytest.approx(0.5)
+    assert effective_prototype_share(np.array([0, 0, 1, 1]), 4) == pytest.approx(0.5)
+    # the demo checkpoint's 2x2 usage: 88 % of the rows on one prototype of 16, 12 rows on 12
+    # others: H = -(0.88 ln 0.88 + 12 x 0.01 ln 0.01) = 0.665114, exp(H) / 16 = 0.121544
+    concentrated = np.array([0] * 88 + list(range(1, 13)))
+    assert effective_prototype_share(concentrated, 16) == pytest.approx(0.121544, abs=1e-6)
+
+
+def _usage_case():
+    """K = 16 at three scales. s0: 96 rows spread evenly; s1: 88 of 100 rows on prototype 0,
+    as the demo checkpoint's 2x2 panel; s2: spread evenly, but its logged entropy ends at ln K."""
+    spread = np.arange(96) % 16
+    concentrated = np.array([0] * 88 + list(range(1, 13)))
+    records = [
+        {"iteration": it,
+         "ssprl/pred_entropy_s0": 0.6, "ssprl/pred_entropy_s1": 0.5,
+         "ssprl/pred_entropy_s2": 0.8 if it < 20 else 0.99,
+         "ssprl/effective_prototypes_s0": 0.9,
+         # s1's logged share stays above the mark: the report's assignments alone flag it
+         "ssprl/effective_prototypes_s1": 0.4,
+         "ssprl/effective_prototypes_s2": 0.2 if it == 10 else 0.8}
+        for it in range(0, 40, 10)
+    ]
+    return {0: spread, 1: concentrated, 2: spread}, records
+
+
+def test_collapse_summary_flags_concentrated_assignments_and_entropy_at_ln_k():
+    assignments, records = _usage_case()
+    assigned = {s: effective_prototype_share(a, 16) for s, a in assignments.items()}
+    assert assigned[0] == pytest.approx(1.0) and assigned[2] == pytest.approx(1.0)
+    verdict = scale_collapse(records, assigned)
+    assert [s for s, v in verdict.items() if v["collapsed"]] == [1, 2]
+    assert verdict[0]["collapsed_by"] == []
+    assert verdict[1]["collapsed_by"] == ["effective_assigned"]
+    assert verdict[1]["effective_assigned"] == pytest.approx(0.121544, abs=1e-6)
+    assert verdict[2]["collapsed_by"] == ["entropy"]
+    assert verdict[2]["entropy_spans"] == [(20, 30)]
+    # the logged share dipped once and recovered: history, not a verdict
+    assert verdict[2]["effective_spans"] == [(10, 10)]
+    # the logged signal alone flags a scale too
+    records[-1]["ssprl/effective_prototypes_s0"] = 0.1
+    assert scale_collapse(records, assigned)[0]["collapsed_by"] == ["effective_logged"]
+    # no metrics.json: the assignments still decide
+    assert [s for s, v in scale_collapse([], assigned).items() if v["collapsed"]] == [1]
+
+
+def test_report_collapse_summary_agrees_with_its_usage_panel(tmp_path):
+    from types import SimpleNamespace
+
+    from ssprl_d2.analysis.runner import _Report
+
+    assignments, records = _usage_case()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scales = [SimpleNamespace(scale=s, probs=np.eye(16)[a], assignments=a)
+              for s, a in assignments.items()]
+    rep = _Report(None, None, str(tmp_path), AnalysisOptions(metrics=str(metrics)))
+    rep.feats = SimpleNamespace(scales=scales)
+    rep.scale_names = ["s0 (image)", "s1 (2x2)", "s2 (3x3)"]
+    usage, curves = rep.usage(), rep.curves()
+    assert rep.summary["effective_prototypes"]["s1 (2x2)"] == pytest.approx(0.121544, abs=1e-6)
+    assert rep.summary["collapsed_scales"] == ["s1 (2x2)", "s2 (3x3)"]
+    assert rep.summary["collapse"]["s1 (2x2)"]["collapsed_by"] == ["effective_assigned"]
+    assert rep.summary["collapse_spans"]["ssprl/pred_entropy_s2"] == [(20, 30)]
+    text = " ".join(curves.text)
+    assert "Collapsed scales: s1 (2x2), s2 (3x3)" in text
+    assert "s1 (2x2) 0.122" in " ".join(usage.text)
 
 
 def test_prototype_helpers():

@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
 from ..atomic import atomic_write
-from .curves import collapse_spans, curve_groups, series
+from .curves import COLLAPSE_EFFECTIVE, collapse_spans, curve_groups, series
 
 __all__ = [
     "color_for_match",
@@ -228,7 +228,7 @@ def curves_figure(records: List[dict], threshold: float) -> Optional[Figure]:
     """
     groups = curve_groups(records)
     titles = {"loss": "loss terms", "entropy": "prediction entropy / ln K",
-              "usage": "code usage (fraction of prototypes)", "lr": "learning rate"}
+              "usage": "code usage, effective prototypes (dotted), / K", "lr": "learning rate"}
     present = [g for g in ("loss", "entropy", "usage", "lr") if groups[g]]
     if not present:
         return None
@@ -242,6 +242,9 @@ def curves_figure(records: List[dict], threshold: float) -> Optional[Figure]:
                     label=key.replace("ssprl/", ""))
             if g == "entropy":
                 for a, b in collapse_spans(its, vals, threshold):
+                    ax.axvspan(a, max(b, a + 1), color=_key_color(key), alpha=0.12)
+            if "effective_prototypes" in key:
+                for a, b in collapse_spans(its, vals, COLLAPSE_EFFECTIVE, below=True):
                     ax.axvspan(a, max(b, a + 1), color=_key_color(key), alpha=0.12)
         if g == "entropy":
             ax.set_ylim(top=1.02)
@@ -262,7 +265,7 @@ def _key_color(key: str) -> str:
 
 
 def _key_style(key: str) -> str:
-    return "--" if "cross" in key else "-"
+    return "--" if "cross" in key else ":" if "effective_prototypes" in key else "-"
 
 
 def label_text(labels: np.ndarray, names: Sequence[str], limit: int = 3, abbrev: int = 4) -> str:

@@ -6,9 +6,13 @@ without a model.
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from ..modeling.loss import effective_prototypes_of_counts
 
 __all__ = [
     "cooccurrence",
+    "effective_prototype_share",
     "most_used_prototypes",
     "prototype_usage",
     "top_members",
@@ -28,6 +32,23 @@ def prototype_usage(assignments: np.ndarray, num_prototypes: int) -> np.ndarray:
         (K,) int counts.
     """
     return np.bincount(assignments, minlength=num_prototypes)
+
+
+def effective_prototype_share(assignments: np.ndarray, num_prototypes: int) -> float:
+    """exp(entropy of the assignment histogram) / K: the training metric
+    ``ssprl/effective_prototypes_s{s}`` (:func:`~ssprl_d2.modeling.loss.effective_prototypes`)
+    on the analysed rows.
+
+    Args:
+        assignments: (P,) prototype index per row, P > 0.
+        num_prototypes: K.
+
+    Returns:
+        a value in [1 / K, 1]: 1 when every prototype holds the same share, 1 / K when one holds
+        every row.
+    """
+    counts = torch.from_numpy(prototype_usage(assignments, num_prototypes))
+    return float(effective_prototypes_of_counts(counts))
 
 
 def most_used_prototypes(assignments: np.ndarray, num_prototypes: int, n: int) -> List[int]:

@@ -23,10 +23,19 @@ from ..data.dataset_mapper import multilabel_targets
 from ..engine.checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
 from ..modeling.task import get_task
 from . import figures as F
-from .curves import COLLAPSE_ENTROPY, collapse_spans, curve_groups, load_metrics, series
+from .curves import (
+    COLLAPSE_EFFECTIVE,
+    COLLAPSE_ENTROPY,
+    collapse_spans,
+    curve_groups,
+    load_metrics,
+    scale_collapse,
+    series,
+)
 from .features import ImageFeatures, extract_features, has_prototypes
 from .prototypes import (
     cooccurrence,
+    effective_prototype_share,
     most_used_prototypes,
     prototype_usage,
     top_members,
@@ -152,22 +161,58 @@ class _Report:
         fig = F.curves_figure(records, COLLAPSE_ENTROPY) if records else None
         if fig is None:
             sec.note = f"no training metrics found at {path} (pass --metrics FILE)"
-            return sec
-        sec.figures.append((_fig(self.out, "curves.png", fig), f"from {path}"))
-        sec.text.append(
-            "Every loss term, the mean prediction entropy divided by ln K_s and the fraction of "
-            "prototypes that are some sample's code, per scale (colour = scale, dashed = "
-            f"L_cross). Shaded spans: entropy at or above {COLLAPSE_ENTROPY} of ln K, i.e. "
-            "predictions close to uniform, the ln K plateau of a collapsed run.")
+        else:
+            sec.figures.append((_fig(self.out, "curves.png", fig), f"from {path}"))
+            sec.text.append(
+                "Every loss term, the mean prediction entropy divided by ln K_s, the fraction of "
+                "prototypes that are some sample's code and the effective share of prototypes "
+                "(exp of the entropy of the arg-max histogram / K_s, dotted), per scale (colour "
+                f"= scale, dashed = L_cross). Shaded spans: entropy at or above {COLLAPSE_ENTROPY}"
+                " of ln K, i.e. predictions close to uniform, the ln K plateau of a collapsed "
+                f"run; effective share at or below {COLLAPSE_EFFECTIVE}, i.e. most rows on a "
+                "few prototypes.")
         collapsed = {}
         for key in curve_groups(records)["entropy"]:
             its, vals = series(records, key)
             collapsed[key] = collapse_spans(its, vals)
-            if len(vals):
-                sec.text.append(f"{key}: last {vals[-1]:.3f}; collapsed spans "
-                                f"{collapsed[key] or 'none'}.")
         self.summary["collapse_spans"] = collapsed
+        sec.text += self._collapse_summary(records)
         return sec
+
+    def _collapse_summary(self, records: List[dict]) -> List[str]:
+        # every collapse signal per scale: the logged curves' last values and the effective
+        # share of this report's own assignments (what the usage panel draws)
+        names = {e.scale: n for e, n in zip(self.feats.scales, self.scale_names)}
+        assigned = {e.scale: effective_prototype_share(e.assignments, e.probs.shape[1])
+                    for e in self.feats.scales}
+        verdict = scale_collapse(records, assigned)
+        self.summary["collapse"] = {names.get(s, f"s{s}"): v for s, v in verdict.items()}
+        flagged = [names.get(s, f"s{s}") for s, v in verdict.items() if v["collapsed"]]
+        self.summary["collapsed_scales"] = flagged
+        if not verdict:
+            return []
+        lines = []
+        for s, v in verdict.items():
+            parts = []
+            if v["entropy"] is not None:
+                parts.append(f"prediction entropy {v['entropy']:.3f} of ln K (last logged), "
+                             f"spans at or above {COLLAPSE_ENTROPY}: "
+                             f"{v['entropy_spans'] or 'none'}")
+            if v["effective_assigned"] is not None:
+                parts.append(f"effective prototypes {v['effective_assigned']:.3f} of K in this "
+                             "report's assignments")
+            if v["effective_logged"] is not None:
+                parts.append(f"{v['effective_logged']:.3f} of K logged last, spans at or below "
+                             f"{COLLAPSE_EFFECTIVE}: {v['effective_spans'] or 'none'}")
+            verdict_text = ("COLLAPSED (" + ", ".join(v["collapsed_by"]) + ")" if v["collapsed"]
+                            else "not collapsed")
+            lines.append(f"{names.get(s, f's{s}')}: " + "; ".join(parts) + f"; {verdict_text}.")
+        lines.append(
+            f"Collapsed scales: {', '.join(flagged) or 'none'} (a scale counts as collapsed when "
+            f"its last logged entropy is at or above {COLLAPSE_ENTROPY} of ln K, or its effective "
+            f"share of prototypes, logged or from this report's assignments, at or below "
+            f"{COLLAPSE_EFFECTIVE}).")
+        return lines
 
     def usage(self) -> Section:
         sec = Section("Prototype usage")
@@ -181,6 +226,13 @@ class _Report:
                         "one or two tall bars mean the scale collapsed onto few prototypes.")
         self.summary["prototypes_used"] = {n: int((u > 0).sum()) for n, u in
                                            zip(self.scale_names, usages)}
+        effective = {n: effective_prototype_share(e.assignments, e.probs.shape[1])
+                     for n, e in zip(self.scale_names, scales)}
+        self.summary["effective_prototypes"] = effective
+        sec.text.append("Effective share of prototypes (exp of the entropy of each panel's "
+                        "histogram / K; 1 uniform, 1 / K all on one; collapse at or below "
+                        f"{COLLAPSE_EFFECTIVE}): "
+                        + ", ".join(f"{n} {v:.3f}" for n, v in effective.items()) + ".")
         return sec
 
     def _top_thumbs(self, s: int) -> List[Optional[np.ndarray]]:

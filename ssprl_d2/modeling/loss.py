@@ -16,6 +16,8 @@ __all__ = [
     "cross_scale_loss",
     "pool_patch_predictions",
     "code_usage",
+    "effective_prototypes",
+    "effective_prototypes_of_counts",
     "prediction_entropy",
     "swap_accuracy",
 ]
@@ -160,6 +162,50 @@ def code_usage(codes: torch.Tensor) -> torch.Tensor:
     used = torch.zeros(num_prototypes, dtype=torch.bool, device=codes.device)
     used.index_fill_(0, codes.argmax(dim=1), True)
     return used.sum().double() / num_prototypes
+
+
+@torch.no_grad()
+def effective_prototypes_of_counts(counts: torch.Tensor) -> torch.Tensor:
+    """exp(H(h)) / K for a histogram h of assignments over K prototypes (H in nats, 0 ln 0 = 0).
+
+    exp(H) is the number of equally used prototypes that would give the same entropy (the
+    perplexity of the histogram): K when every prototype holds the same share, 1 when one holds
+    everything. Divided by K it is 1 for a uniform histogram and 1 / K for a collapsed one; unlike
+    the share of prototypes used at all (:func:`code_usage`), it falls when most rows crowd onto a
+    few prototypes while a handful of rows still touch the others.
+
+    Args:
+        counts: (K,) non-negative counts (or shares) of rows per prototype, not all zero.
+
+    Returns:
+        a 0-dim float64 tensor in [1 / K, 1], on the counts' device.
+    """
+    share = counts.double() / counts.double().sum()
+    entropy = -torch.xlogy(share, share).sum()
+    return entropy.exp() / counts.shape[0]
+
+
+@torch.no_grad()
+def effective_prototypes(scores: torch.Tensor) -> torch.Tensor:
+    """Effective share of prototypes in use: :func:`effective_prototypes_of_counts` of the
+    histogram of the rows' arg-max prototypes.
+
+    Fed the predictions' scores z^T C_s (arg-max of scores and of softmax(scores / tau) agree), it
+    measures what the analysis report's usage panel shows. Sinkhorn's codes are spread over the
+    prototypes by their equal-partition constraint, so their arg-max histogram hides a collapse of
+    the predictions. The histogram is counted on the device in a fixed (K,) buffer: no
+    data-dependent shape and no read back to the host.
+
+    Args:
+        scores: (N, K) scores (or probabilities) of N rows.
+
+    Returns:
+        a 0-dim float64 tensor in [1 / K, 1], on the scores' device.
+    """
+    assigned = scores.argmax(dim=1)
+    counts = torch.zeros(scores.shape[1], dtype=torch.float64, device=scores.device)
+    counts.index_add_(0, assigned, torch.ones_like(assigned, dtype=torch.float64))
+    return effective_prototypes_of_counts(counts)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from .loss import (
     REDUCTIONS,
     code_usage,
     cross_scale_loss,
+    effective_prototypes,
     pool_patch_predictions,
     prediction_entropy,
     swap_accuracy,
@@ -366,6 +367,7 @@ class SSPRL(nn.Module):
                 )
             metrics[f"ssprl/code_usage_s{s}"] = code_usage(torch.cat(codes))
             metrics[f"ssprl/pred_entropy_s{s}"] = prediction_entropy(scores, self.temperature)
+            metrics[f"ssprl/effective_prototypes_s{s}"] = effective_prototypes(scores)
             metrics[f"ssprl/swap_accuracy_s{s}"] = swap_accuracy(codes, score_views, targets)
         put_scalars(**metrics)
         return losses
