@@ -268,6 +268,11 @@ def _add_solver_config(cfg: CN) -> None:
     # True: BN weights and all biases (1-d tensors) skip LARS adaptation and weight decay (SwAV,
     # solo-learn); False: every parameter is adapted and decayed (the release)
     _C.LARS_EXCLUDE_BN_BIAS = False
+    # how epochs (QUEUE_START_EPOCH, the teacher's warm-up and freeze epochs) become iterations:
+    # False counts the last partial batch (ceil(N / global batch)); True counts as the release's
+    # and SwAV's DistributedSampler loader with drop_last (floor(ceil(N / world) / batch per
+    # process)): COCO train2014 at 128 gives 646 instead of 647
+    _C.DROP_LAST = False
 
 
 def _add_probe_config(cfg: CN) -> None:
@@ -320,6 +325,11 @@ def _add_throughput_config(cfg: CN) -> None:
     # compile the trunk with torch.compile (nn.Module.compile: state-dict names unchanged);
     # the first steps pay the compilation, and each crop size compiles once
     _C.COMPILE_TRUNK = False
+    # which crops share one trunk call (and so one batch-norm batch), every pre-trainer: "size"
+    # (all crops of one size, largest first: 3 calls at the paper's settings) or "consecutive"
+    # (each run of equal sizes in layout order, as SwAV's and the release's unique_consecutive:
+    # 4 calls at the paper's settings)
+    _C.CROP_GROUPING = "size"
     # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a gradient scaler) or "bfloat16"
     # (no scaler; needs Ampere or newer); read by tools/train_net.py for every model
     cfg.SOLVER.SSPRL.AMP_DTYPE = "float16"

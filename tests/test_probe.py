@@ -113,7 +113,7 @@ def test_features_of_a_checkpoint_and_of_its_exported_trunk_are_equal(tiny_datas
     assert not torch.allclose(from_ckpt, random_x, atol=1e-3)
     # the pre-trainer's own pooled features (eval mode) are what the probe sees
     images = torch.stack([x["image"] for batch in loader for x in batch])
-    expected = pretrainer.eval().pooled_features(pretrainer._normalize(images.float() / 255.0))
+    expected = pretrainer.eval().image_features(pretrainer.normalize(images.float() / 255.0))
     assert torch.allclose(from_ckpt, expected, atol=1e-4)
 
     result = knn_probe(cfg, pkl, tiny_dataset, tiny_dataset, k=3)

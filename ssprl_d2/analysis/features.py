@@ -12,7 +12,6 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.image_io import BadImageError, read_image_rgb
@@ -74,8 +73,9 @@ class ImageFeatures:
 
 
 def has_prototypes(model: torch.nn.Module) -> bool:
-    """Whether the model has per-scale projection heads and prototype sets (SS-PRL, SwAV)."""
-    return hasattr(model, "heads") and hasattr(model, "prototypes")
+    """Whether the model declares per-scale prototype sets (SS-PRL, SwAV): the analysis section
+    "prototypes", with ``num_scales`` and ``scale_assignments``."""
+    return "prototypes" in model.analysis_sections
 
 
 def cut_grid(image: np.ndarray, grid: int, size: int) -> List[np.ndarray]:
@@ -218,10 +218,8 @@ def extract_features(
 
 def _project(model, s: int, pooled: torch.Tensor, acc: Dict[str, list], first: int,
              thumbs: List[np.ndarray], cells: int) -> None:
-    # the scale's own head and prototypes, as in training (Eq. 1): p = softmax(z^T C_s / tau)
-    z = model.heads[s](pooled.to(model.device))
-    scores = model.prototypes[s](z)
-    probs = F.softmax(scores / getattr(model, "temperature", 0.1), dim=1)
+    # the scale's own head and prototypes, as in training (Eq. 1)
+    z, probs = model.scale_assignments(s, pooled.to(model.device))
     n = pooled.shape[0] // cells
     acc["z"].append(z.cpu().numpy())
     acc["probs"].append(probs.cpu().numpy())

@@ -138,7 +138,7 @@ class _Report:
         if not dicts:
             raise ValueError(f"dataset {name!r} has no images")
         ci = self.cfg.INPUT.SSPRL
-        num_patch_scales = len(self.model.prototypes) - 1 if has_prototypes(self.model) else 0
+        num_patch_scales = self.model.num_scales - 1 if has_prototypes(self.model) else 0
         self.feats: ImageFeatures = extract_features(
             self.model, dicts, ci.SIZE_CROPS[0], list(ci.GRIDS)[:num_patch_scales],
             list(ci.PATCH_CROP_SIZES)[:num_patch_scales], self.opts.batch_size,
@@ -286,11 +286,11 @@ class _Report:
 
     def cross_scale(self) -> Section:
         sec = Section("Cross-scale correlation g_phi (paper Figure 3)")
-        learners = getattr(self.model, "cross_learners", None)
         scales = self.feats.scales
-        if not learners or len(scales) < 2:
+        if "cross_scale" not in self.model.analysis_sections or len(scales) < 2:
             sec.note = "this model has no cross-scale learners g_phi"
             return sec
+        learners = self.model.cross_learners
         g0 = scales[0]
         panels, marks, pair_rows, pair_labels = [], [], [], []
         m = max(2, self.opts.patches_per_prototype // 2)
@@ -386,7 +386,7 @@ class _Report:
                  f"{bank[2]} ({len(bank[0])})", f"{name} ({len(f)})"]]
 
     def other_methods(self) -> Section:
-        if hasattr(self.model, "key_backbone") and hasattr(self.model, "top_k"):
+        if "pseudo_positives" in self.model.analysis_sections:
             return self.pseudo_positives()
         sec = Section("Method-specific views")
         sec.note = (f"{type(self.model).__name__} has neither MLS pseudo-positive pairs nor "
@@ -440,7 +440,7 @@ class _Report:
 def _key_trunk(model: torch.nn.Module) -> Iterator[None]:
     """Run the model's inference path through its momentum (key) trunk inside the block."""
     query = model.backbone
-    model.backbone = model.key_backbone
+    model.backbone = model.momentum_trunk()
     try:
         yield
     finally:
@@ -486,7 +486,7 @@ def write_report(cfg, output_dir: str, options: Optional[AnalysisOptions] = None
     lines = [
         f"checkpoint: {cfg.MODEL.WEIGHTS}" + (f" (iteration {iteration})" if iteration is not None
                                               else ""),
-        f"model: {cfg.MODEL.META_ARCHITECTURE}, ResNet-{cfg.MODEL.RESNETS.DEPTH}"
+        f"model: {cfg.MODEL.META_ARCHITECTURE}, {model.trunk_name}"
         + (f", K_s = {k}" if k else ""),
         f"dataset: {name}, {len(rep.feats.features)} images"
         + (f" ({len(rep.classes)} classes)" if rep.labels is not None else ", no labels"),

@@ -54,7 +54,7 @@ def _grouped_crops(model: SSPRL, inputs: List[dict]) -> List[torch.Tensor]:
     # the same size groups (and therefore the same trunk calls) as the model's forward
     return [
         torch.stack([x["crops"][i] for i in idx for x in inputs]).to(model.device)
-        for idx in model.size_groups.values()
+        for _, idx in model.size_groups
     ]
 
 
@@ -71,7 +71,7 @@ def trunk_flops_per_image(model: SSPRL) -> float:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for size, indices in model.size_groups.items():
+        for size, indices in model.size_groups:
             x = torch.zeros(len(indices), 3, size, size, device=model.device)
             counter = FlopCountAnalysis(model.backbone, x)
             counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -132,7 +132,7 @@ def bench_training_step(
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss = sum(
-                model.pooled_features(model._normalize(g.float() / 255.0)).sum() for g in groups
+                model.image_features(model.normalize(g.float() / 255.0)).sum() for g in groups
             )
         loss.backward()
         optimizer.step()

@@ -2,11 +2,12 @@
 ``tools/train_net.py``."""
 import logging
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 from detectron2.engine import HookBase
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
 from timm.optim import Lars
 from torch import nn
 
@@ -89,37 +90,55 @@ def build_adamw(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return optimizer_class(groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
 
-def iterations_per_epoch(dataset_size: int, global_batch: int) -> int:
-    """Iterations that see every image once (the last partial batch counts)."""
-    return max(1, math.ceil(dataset_size / global_batch))
+def iterations_per_epoch(
+    dataset_size: int, global_batch: int, world_size: int = 1, drop_last: bool = False
+) -> int:
+    """Iterations of one pass over the dataset, which converts epochs to iterations.
+
+    Args:
+        dataset_size: images in the training set.
+        global_batch: images per iteration over all processes.
+        world_size: processes.
+        drop_last: count as the SS-PRL release's (and SwAV's) loader does: each process takes
+            ceil(N / world) images (DistributedSampler) and drops its last partial batch;
+            otherwise the last partial batch counts.
+
+    Returns:
+        iterations per epoch, at least 1.
+    """
+    if not drop_last:
+        return max(1, math.ceil(dataset_size / global_batch))
+    per_process = math.ceil(dataset_size / world_size)
+    return max(1, per_process // max(global_batch // world_size, 1))
 
 
-def build_pretrain_hooks(
-    cfg, dataset_size: int, model: Optional[nn.Module] = None
-) -> List[HookBase]:
-    """Per-rank checkpoint state, prototype normalisation, the freeze window and the queue switch;
-    the weight-decay schedule when configured; the teacher schedules and the frozen last layer
-    for a model with a DINO head (one offering ``last_layer_modules``).
+def build_pretrain_hooks(cfg, dataset_size: int, model: nn.Module) -> List[HookBase]:
+    """The hooks a pre-trainer declares (:class:`~ssprl_d2.modeling.pretrainer.Pretrainer`):
+    per-rank checkpoint state, prototype normalisation and freeze window, the queue switch, the
+    teacher's schedules and frozen last layer; the weight-decay schedule when configured.
 
     Args:
         cfg: the pre-training config.
         dataset_size: images in the training set (converts epochs to iterations).
-        model: the model being trained (decides the teacher hooks).
+        model: the model being trained (possibly wrapped in DistributedDataParallel).
 
     Returns:
         hooks in the order they should run.
     """
-    epoch = iterations_per_epoch(dataset_size, cfg.SOLVER.IMS_PER_BATCH)
-    c = cfg.MODEL.SSPRL
+    model = unwrap_model(model)
+    epoch = iterations_per_epoch(
+        dataset_size, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size(), cfg.SOLVER.SSPRL.DROP_LAST
+    )
+    logger.info(f"{epoch} iterations per epoch ({dataset_size} images)")
     start_iter = -1
-    if c.QUEUE_START_EPOCH >= 0:
-        start_iter = c.QUEUE_START_EPOCH * epoch
-        logger.info(f"Queues switch on at iteration {start_iter} (epoch {c.QUEUE_START_EPOCH})")
+    if model.queue_start_epoch >= 0:
+        start_iter = model.queue_start_epoch * epoch
+        logger.info(f"Queues switch on at iteration {start_iter} (epoch {model.queue_start_epoch})")
     hooks = [
         RankStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
         QueueStartHook(start_iter),
         NormalizePrototypesHook(),
-        FreezePrototypesHook(c.FREEZE_PROTOTYPES_ITERS),
+        FreezePrototypesHook(model.freeze_prototypes_iters),
     ]
     max_iter = cfg.SOLVER.MAX_ITER
     if cfg.SOLVER.SSPRL.WEIGHT_DECAY_END >= 0:
@@ -127,15 +146,15 @@ def build_pretrain_hooks(
             WeightDecayScheduleHook(cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.SSPRL.WEIGHT_DECAY_END,
                                     max_iter)
         )
-    if model is not None and hasattr(unwrap_model(model), "last_layer_modules"):
-        lg = cfg.MODEL.LOCALGLOBAL
+    teacher = model.teacher_schedule()
+    if teacher is not None:
         hooks.append(
             TeacherScheduleHook(
-                lg.MOMENTUM, lg.MOMENTUM_END, lg.WARMUP_TEACHER_TEMP, lg.TEACHER_TEMP,
-                lg.WARMUP_TEACHER_TEMP_EPOCHS * epoch, max_iter,
+                teacher.momentum, teacher.momentum_end, teacher.warmup_temp, teacher.temp,
+                teacher.warmup_temp_epochs * epoch, max_iter,
             )
         )
-        freeze = lg.FREEZE_LAST_LAYER_EPOCHS * epoch
-        logger.info(f"DINO head's last layer frozen for {freeze} iterations")
+        freeze = teacher.freeze_last_layer_epochs * epoch
+        logger.info(f"The last layer is frozen for {freeze} iterations")
         hooks.append(FreezePrototypesHook(freeze, "last_layer_modules"))
     return hooks

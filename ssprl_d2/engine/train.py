@@ -68,6 +68,7 @@ from ..checks import (
 from ..modeling import get_task
 from .checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
 from .finetune import build_finetune_optimizer
+from .hooks import unwrap_model
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer
 
 __all__ = ["Trainer", "argument_parser", "cli", "main", "setup"]
@@ -194,7 +195,7 @@ def trunk_prefixes(model):
     model keeps res2-res4 in the backbone and res5 in the box head (``roi_heads.res5.<block>``;
     MoCo's extra norm after it is new).
     """
-    keys = getattr(model, "module", model).state_dict().keys()
+    keys = unwrap_model(model).state_dict().keys()
     for wrapped in ("backbone.bottom_up.", "backbone.net."):
         if any(k.startswith(wrapped) for k in keys):
             return (wrapped,)
@@ -204,7 +205,7 @@ def trunk_prefixes(model):
 
 def check_weights(cfg, checkpointer, model, required_prefix, exempt=()):
     """Fail loudly where MODEL.WEIGHTS left part of the model at its random initialisation."""
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     verify_loaded_weights(
         checkpointer.incompatible,
         model.state_dict().keys(),

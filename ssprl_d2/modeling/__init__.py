@@ -2,7 +2,8 @@
 
 One file per meta-architecture (``ssprl.py``, ``mls.py``, ``local_global.py``,
 ``classifier.py``); beside them the parts: what the pre-trainers share around the trunk
-(``pretrainer.py``: crops, device-side photometrics, pooling), projection heads, prototypes and
+(``pretrainer.py``: the base classes ``Pretrainer`` and ``MomentumPretrainer``, crops,
+device-side photometrics, pooling), projection heads, prototypes and
 DINO's head (``heads.py``), Sinkhorn-Knopp (``sinkhorn.py``), embedding queues and dictionaries
 (``queue.py``), momentum encoders and teachers (``momentum.py``), collectives
 (``distributed.py``), objectives (``loss.py`` for SS-PRL, ``mls_loss.py`` for MLS,
@@ -13,7 +14,7 @@ and the ViTDet backbone builder (``vit.py``), the task each meta-architecture tr
 from .classifier import MultiLabelClassifier
 from .local_global import LocalGlobal
 from .mls import MLS
-from .pretrainer import group_crops_by_size
+from .pretrainer import MomentumPretrainer, Pretrainer, TeacherSchedule, group_crops_by_size
 from .roi_heads import Res5ROIHeadsExtraNorm
 from .ssprl import SSPRL
 from .task import TASKS, get_task
@@ -22,10 +23,13 @@ from .vit import build_vitdet_backbone
 __all__ = [
     "LocalGlobal",
     "MLS",
+    "MomentumPretrainer",
     "MultiLabelClassifier",
+    "Pretrainer",
     "Res5ROIHeadsExtraNorm",
     "SSPRL",
     "TASKS",
+    "TeacherSchedule",
     "build_vitdet_backbone",
     "get_task",
     "group_crops_by_size",

@@ -20,10 +20,9 @@ from .dino_loss import (
     update_center,
 )
 from .heads import DINOHead
-from .momentum import ema_update_, momentum_copy
 from .patch_matching import match_batch
-from .pretrainer import NoRankStateMixin, group_crops_by_size, normalized_views, put_scalars
-from .vit import build_timm_vit
+from .pretrainer import MomentumPretrainer, TeacherSchedule, put_scalars
+from .vit import build_timm_vit, vit_name
 
 __all__ = ["LocalGlobal"]
 
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class LocalGlobal(NoRankStateMixin, nn.Module):
+class LocalGlobal(MomentumPretrainer):
     """DINO self-distillation on the CLS token and on geometrically matched patch tokens.
 
     Student: ``backbone`` (a timm ViT, exported by ``tools/convert_weights.py``) and ``head`` (a
@@ -53,8 +52,7 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
     image with the CLS token's ``"features"``.
     """
 
-    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
-    task = "pretrain"
+    momentum_pairs = (("backbone", "teacher_backbone"), ("head", "teacher_head"))
 
     @configurable
     def __init__(
@@ -77,6 +75,10 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        trunk_name: str = "ViT",
+        schedule: Optional[TeacherSchedule] = None,
+        crop_grouping: str = "size",
+        compile_trunk: bool = False,
     ):
         """
         Args:
@@ -93,9 +95,11 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             loss_average: "tokens" or "terms", see :func:`local_global_pair_loss`.
             photometric: batched photometric augmentation on the training device, or None when
                 the data workers applied it.
-            pixel_mean, pixel_std: RGB normalisation on the 0-255 scale.
+            pixel_mean, pixel_std, trunk_name, crop_grouping, compile_trunk: see
+                :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`.
+            schedule: the teacher's momentum and temperature schedules and the last layer's
+                frozen epochs (None: constant ``momentum`` and ``teacher_temp``, nothing frozen).
         """
-        super().__init__()
         if any(spec.scale != 0 for spec in layout):
             raise ValueError("LocalGlobal takes scale-0 crops only: set INPUT.SSPRL.GRIDS []")
         if not 1 <= num_global <= len(layout):
@@ -109,14 +113,23 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
                 )
         if loss_average not in LOSS_AVERAGES:
             raise ValueError(f"MODEL.LOCALGLOBAL.LOSS_AVERAGE must be one of {LOSS_AVERAGES}")
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            layout=layout,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            trunk_name=trunk_name,
+            photometric=photometric,
+            crop_grouping=crop_grouping,
+            compile_trunk=compile_trunk,
+            momentum=momentum,
+        )
         self.head = DINOHead(
             backbone.embed_dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
             norm_last_layer,
         )
-        self.teacher_backbone = momentum_copy(self.backbone)
-        self.teacher_head = momentum_copy(self.head)
-        self.layout = list(layout)
+        self.add_momentum_copies()
+        self.schedule = schedule
         self.num_global = num_global
         self.patch_size = patch_size
         self.grids = [spec.size // patch_size for spec in self.layout]
@@ -126,13 +139,8 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.center_momentum = center_momentum
-        self.momentum = momentum
         self.patch_loss = patch_loss
         self.loss_average = loss_average
-        self.photometric = photometric
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.size_groups = group_crops_by_size(self.layout)
         self.pairs = pair_list(num_global, len(self.layout))
 
     @classmethod
@@ -172,20 +180,27 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "trunk_name": vit_name(v.EMBED_DIM, v.PATCH_SIZE),
+            "schedule": TeacherSchedule(
+                momentum=c.MOMENTUM,
+                momentum_end=c.MOMENTUM_END,
+                warmup_temp=c.WARMUP_TEACHER_TEMP,
+                temp=c.TEACHER_TEMP,
+                warmup_temp_epochs=c.WARMUP_TEACHER_TEMP_EPOCHS,
+                freeze_last_layer_epochs=c.FREEZE_LAST_LAYER_EPOCHS,
+            ),
+            "crop_grouping": cfg.MODEL.SSPRL.CROP_GROUPING,
+            "compile_trunk": cfg.MODEL.SSPRL.COMPILE_TRUNK,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
     # ------------------------------------------------ what the pre-training hooks ask for
-    def prototype_modules(self) -> List[nn.Module]:
-        """None: no prototypes to normalise (the last layer is weight-normalised itself)."""
-        return []
-
     def last_layer_modules(self) -> List[nn.Module]:
         """The head's last layer, frozen in the first epoch (DINO)."""
         return [self.head.last_layer]
+
+    def teacher_schedule(self) -> Optional[TeacherSchedule]:
+        """DINO's schedules, from MODEL.LOCALGLOBAL."""
+        return self.schedule
 
     # ---------------------------------------------------------------- forward
     def _geometry(self, batched_inputs: List[dict]):
@@ -201,12 +216,10 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         batch = len(batched_inputs)
-        views = normalized_views(
-            batched_inputs, self.size_groups, self.photometric, self.pixel_mean, self.pixel_std
-        )
+        skipped = self.count_skipped(batched_inputs)
+        views = self.views(batched_inputs)
         # the teacher follows the student's latest weights before it makes this step's targets
-        ema_update_(self.teacher_backbone, self.backbone, self.momentum)
-        ema_update_(self.teacher_head, self.head, self.momentum)
+        self.update_momentum()
 
         with torch.no_grad():
             t_logits = self.teacher_head(
@@ -216,7 +229,7 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             t_probs = t_probs.view(self.num_global, batch, *t_probs.shape[1:])
 
         student_logp: List[Optional[torch.Tensor]] = [None] * len(self.layout)
-        for _, indices in self.size_groups.items():
+        for _, indices in self.size_groups:
             tokens = self.backbone.forward_features(torch.cat([views[i] for i in indices]))
             logp = F.log_softmax(self.head(tokens).float() / self.student_temp, dim=-1)
             for k, i in enumerate(indices):
@@ -241,12 +254,16 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             )
         loss = torch.stack(losses).mean()
         update_center(self.center, t_logits, self.center_momentum)
-        self._put_metrics(t_probs, student_logp, matched)
+        self._put_metrics(t_probs, student_logp, matched, skipped)
         return {"loss_local_global": loss}
 
     @torch.no_grad()
     def _put_metrics(
-        self, t_probs: torch.Tensor, student_logp: List[torch.Tensor], matched: List[int]
+        self,
+        t_probs: torch.Tensor,
+        student_logp: List[torch.Tensor],
+        matched: List[int],
+        skipped: float,
     ) -> None:
         cls = t_probs[:, :, 0].flatten(0, 1)
         # the CLS part alone (DINO's loss), to tell the image-level from the patch-level terms
@@ -265,6 +282,7 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             "localglobal/teacher_batch_entropy": entropy(cls.mean(0)),
             "localglobal/teacher_temp": float(self.teacher_temp),
             "localglobal/momentum": float(self.momentum),
+            "data/skipped_images": skipped,
         }
         if self.patch_loss:  # the CLS-only ablation matches nothing
             metrics["localglobal/matched_pairs"] = float(sum(matched)) / max(len(matched), 1)
@@ -273,17 +291,6 @@ class LocalGlobal(NoRankStateMixin, nn.Module):
             )
         put_scalars(**metrics)
 
-    @torch.no_grad()
-    def inference(self, batched_inputs: List[dict]) -> List[dict]:
-        """The student's CLS token of whole images (for feature extraction and probes).
-
-        Args:
-            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
-
-        Returns:
-            one dict per image with ``"features"`` (embed_dim,).
-        """
-        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device).float()
-        images = (images - self.pixel_mean) / self.pixel_std
-        cls = self.backbone.forward_features(images)[:, 0]
-        return [{"features": f} for f in cls]
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's CLS token of normalised images: (N, embed_dim)."""
+        return self.backbone.forward_features(images)[:, 0]

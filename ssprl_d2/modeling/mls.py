@@ -26,15 +26,7 @@ from .mls_loss import (
     pseudo_label_usage,
     topk_pseudo_labels,
 )
-from .momentum import ema_update_, momentum_copy
-from .pretrainer import (
-    NoRankStateMixin,
-    group_crops_by_size,
-    inference_features,
-    normalized_views,
-    pooled_trunk_features,
-    put_scalars,
-)
+from .pretrainer import MomentumPretrainer, pooled_trunk_features, put_scalars
 from .queue import AlignedDictionary
 
 __all__ = ["MLS", "KEY_BN_MODES", "multi_hot"]
@@ -64,7 +56,7 @@ def multi_hot(category_ids: Sequence[Sequence[int]], num_classes: int) -> torch.
 
 
 @META_ARCH_REGISTRY.register()
-class MLS(NoRankStateMixin, nn.Module):
+class MLS(MomentumPretrainer):
     """Multi-Label Self-supervised learning (Zhu et al., ICCV 2023) on a Detectron2 ResNet trunk.
 
     MoCo v2 skeleton: the query encoder is ``backbone`` (exported by ``tools/convert_weights.py``)
@@ -82,8 +74,8 @@ class MLS(NoRankStateMixin, nn.Module):
     pooled trunk ``"features"``.
     """
 
-    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
-    task = "pretrain"
+    analysis_sections = ("pseudo_positives",)
+    momentum_pairs = (("backbone", "key_backbone"), ("head", "key_head"))
 
     @configurable
     def __init__(
@@ -107,7 +99,10 @@ class MLS(NoRankStateMixin, nn.Module):
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        trunk_name: str = "ResNet",
+        crop_grouping: str = "size",
         channels_last: bool = False,
+        compile_trunk: bool = False,
     ):
         """
         Args:
@@ -127,10 +122,9 @@ class MLS(NoRankStateMixin, nn.Module):
             precision_classes: C for the pseudo-label precision scalar; 0 switches it off.
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
-            pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
-            channels_last: run the trunks in channels-last memory format.
+            pixel_mean, pixel_std, trunk_name, crop_grouping, channels_last, compile_trunk:
+                see :class:`~ssprl_d2.modeling.pretrainer.Pretrainer` (both trunks).
         """
-        super().__init__()
         if len(layout) != 2 or any(spec.scale != 0 for spec in layout):
             raise ValueError(
                 "MLS takes two crops per image: INPUT.SSPRL.NMB_CROPS [2] (or [1, 1]) and "
@@ -142,13 +136,22 @@ class MLS(NoRankStateMixin, nn.Module):
             raise ValueError(f"MODEL.MLS.BN_SPLITS must be >= 1, got {bn_splits}")
         if top_k < 1 or top_k > dictionary_length:
             raise ValueError(f"TOP_K {top_k} must be in 1..DICTIONARY_LENGTH {dictionary_length}")
-        self.backbone = backbone
-        self.in_feature = in_feature
-        self.layout = list(layout)
+        super().__init__(
+            backbone=backbone,
+            layout=layout,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            trunk_name=trunk_name,
+            photometric=photometric,
+            in_feature=in_feature,
+            crop_grouping=crop_grouping,
+            channels_last=channels_last,
+            compile_trunk=compile_trunk,
+            momentum=momentum,
+        )
         trunk_dim = backbone.output_shape()[in_feature].channels
         self.head = ProjectionHead(trunk_dim, head_hidden_dim, head_out_dim, head_norm)
-        self.key_backbone = momentum_copy(self.backbone)
-        self.key_head = momentum_copy(self.head)
+        self.add_momentum_copies()
         fields: Dict[str, Tuple[int, torch.dtype]] = {
             "g": (trunk_dim, torch.float32),
             "z": (head_out_dim, torch.float32),
@@ -157,7 +160,6 @@ class MLS(NoRankStateMixin, nn.Module):
             # category ids of each key's image: the precision scalar only, never the loss
             fields["classes"] = (precision_classes, torch.uint8)
         self.dictionary = AlignedDictionary(dictionary_length, fields)
-        self.momentum = momentum
         self.temperature = temperature
         self.top_k = top_k
         self.ml_weight = ml_weight
@@ -165,15 +167,6 @@ class MLS(NoRankStateMixin, nn.Module):
         self.key_bn = key_bn
         self.bn_splits = bn_splits
         self.precision_classes = precision_classes
-        self.photometric = photometric
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.size_groups = group_crops_by_size(self.layout)
-        self.skipped_images = 0
-        self.channels_last = channels_last
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-            self.key_backbone.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -203,17 +196,11 @@ class MLS(NoRankStateMixin, nn.Module):
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
+            "crop_grouping": cfg.MODEL.SSPRL.CROP_GROUPING,
             "channels_last": cfg.MODEL.SSPRL.CHANNELS_LAST,
+            "compile_trunk": cfg.MODEL.SSPRL.COMPILE_TRUNK,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # ------------------------------------------------ what the pre-training hooks ask for
-    def prototype_modules(self) -> List[nn.Module]:
-        """None: MLS has no prototypes."""
-        return []
 
     # ---------------------------------------------------------------- encoders
     def _encode(
@@ -254,14 +241,11 @@ class MLS(NoRankStateMixin, nn.Module):
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        self.skipped_images += sum(int(x.get("skipped", 0)) for x in batched_inputs)
+        skipped = self.count_skipped(batched_inputs)
         seed = batched_inputs[0].get("seed")
-        views = normalized_views(
-            batched_inputs, self.size_groups, self.photometric, self.pixel_mean, self.pixel_std
-        )
+        views = self.views(batched_inputs)
         # MoCo: the key encoder moves before it encodes this step's keys
-        ema_update_(self.key_backbone, self.backbone, self.momentum)
-        ema_update_(self.key_head, self.head, self.momentum)
+        self.update_momentum()
         pairs = [(0, 1), (1, 0)] if self.symmetric else [(0, 1)]
         keys = {v: self._keys(views[v], seed) for _, v in pairs}
         # copies: the push below overwrites rows that backward still needs (as MoCo's clone)
@@ -271,7 +255,7 @@ class MLS(NoRankStateMixin, nn.Module):
         infonce, ml = [], []
         # 0-dim tensors on the device, read back by put_scalars only inside a trainer
         metrics: Dict[str, Union[float, torch.Tensor]] = {
-            "data/skipped_images": float(self.skipped_images),
+            "data/skipped_images": skipped,
             "mls/dictionary_fill": self.dictionary.fill,
         }
         for q_view, k_view in pairs:
@@ -326,21 +310,3 @@ class MLS(NoRankStateMixin, nn.Module):
             metrics["mls/pseudo_label_precision"] = precision
             metrics["mls/pseudo_label_precision_chance"] = chance
         return metrics
-
-    def inference(self, batched_inputs: List[dict]) -> List[dict]:
-        """Pooled query-trunk features of whole images (for feature extraction and probes).
-
-        Args:
-            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
-
-        Returns:
-            one dict per image with ``"features"`` (C,).
-        """
-        return inference_features(
-            self.backbone,
-            self.in_feature,
-            batched_inputs,
-            self.pixel_mean,
-            self.pixel_std,
-            self.channels_last,
-        )

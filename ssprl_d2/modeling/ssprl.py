@@ -3,6 +3,7 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
@@ -23,13 +24,7 @@ from .loss import (
     swap_accuracy,
     swapped_prediction_loss,
 )
-from .pretrainer import (
-    augmented_crop_groups,
-    group_crops_by_size,
-    inference_features,
-    pooled_trunk_features,
-    put_scalars,
-)
+from .pretrainer import Pretrainer, put_scalars
 from .queue import EmbeddingQueue, local_queue_length
 from .sinkhorn import sinkhorn
 
@@ -39,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class SSPRL(nn.Module):
+class SSPRL(Pretrainer):
     """Self-Supervised Pyramid Representation Learning (Hsieh et al.), Eq. 1-4 of the paper.
 
     One trunk f_theta (a Detectron2 ResNet, so its weights load into Mask R-CNN unchanged), one
@@ -52,8 +47,7 @@ class SSPRL(nn.Module):
     output: one dict per image with the pooled trunk ``"features"``.
     """
 
-    # what tools/train_net.py trains this meta-architecture as (loader, optimiser, hooks)
-    task = "pretrain"
+    analysis_sections = ("prototypes", "cross_scale")
 
     @configurable
     def __init__(
@@ -81,6 +75,10 @@ class SSPRL(nn.Module):
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        trunk_name: str = "ResNet",
+        crop_grouping: str = "size",
+        queue_start_epoch: int = -1,
+        freeze_prototypes_iters: int = 0,
         channels_last: bool = False,
         compile_trunk: bool = False,
     ):
@@ -101,14 +99,25 @@ class SSPRL(nn.Module):
             queue_lengths: per-process queue length per scale (0: none).
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
-            pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
-            channels_last: run the trunk in channels-last memory format.
-            compile_trunk: compile the trunk with ``torch.compile`` (parameter names unchanged).
+            pixel_mean, pixel_std, trunk_name, crop_grouping, channels_last, compile_trunk:
+                see :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`.
+            queue_start_epoch: epoch at which the queues join Sinkhorn (negative: never).
+            freeze_prototypes_iters: iterations without updates of C_s and g_phi.
         """
-        super().__init__()
-        self.backbone = backbone
-        self.in_feature = in_feature
-        self.layout = list(layout)
+        super().__init__(
+            backbone=backbone,
+            layout=layout,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            trunk_name=trunk_name,
+            photometric=photometric,
+            in_feature=in_feature,
+            crop_grouping=crop_grouping,
+            channels_last=channels_last,
+            compile_trunk=compile_trunk,
+        )
+        self.queue_start_epoch = queue_start_epoch
+        self.freeze_prototypes_iters = freeze_prototypes_iters
         self.num_scales = max(spec.scale for spec in self.layout) + 1
         if len(num_prototypes) != self.num_scales:
             raise ValueError(
@@ -152,7 +161,6 @@ class SSPRL(nn.Module):
             EmbeddingQueue(2 if s > 0 else len(crops_for_assign), length, head_out_dim)
             for s, length in enumerate(list(queue_lengths) or [0] * self.num_scales)
         )
-        self.photometric = photometric
         self.temperature = temperature
         self.sinkhorn_iters = sinkhorn_iters
         self.sinkhorn_epsilon = sinkhorn_epsilon
@@ -163,15 +171,6 @@ class SSPRL(nn.Module):
         self.cross_mu = cross_mu
         self.cross_targets = cross_targets
         self.loss_reduction = loss_reduction
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.size_groups = group_crops_by_size(self.layout)
-        self.skipped_images = 0
-        self.channels_last = channels_last
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        if compile_trunk:
-            self.backbone.compile()
 
     @staticmethod
     def _scale_views(layout: Sequence[CropSpec], num_scales: int) -> List[List[List[int]]]:
@@ -218,13 +217,13 @@ class SSPRL(nn.Module):
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
+            "crop_grouping": c.CROP_GROUPING,
+            "queue_start_epoch": c.QUEUE_START_EPOCH,
+            "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
             "channels_last": c.CHANNELS_LAST,
             "compile_trunk": c.COMPILE_TRUNK,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
 
     def prototype_modules(self) -> List[nn.Module]:
         """Modules whose rows are prototypes: normalised every step, frozen at the start.
@@ -261,21 +260,23 @@ class SSPRL(nn.Module):
         for queue in self.queue_modules():
             queue.reset()
 
-    # ---------------------------------------------------------------- trunk
-    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Trunk features after global average pooling.
+    def scale_assignments(
+        self, scale: int, pooled: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Projections and prototype probabilities of pooled trunk features at one scale, as in
+        training (Eq. 1): z = head_s(f), p = softmax(z^T C_s / tau).
 
         Args:
-            images: (N, 3, H, W) normalised float images.
+            scale: s in 0..S.
+            pooled: (N, C) pooled trunk features.
 
         Returns:
-            (N, C) features (2048 for ResNet-50).
+            (z (N, D), p (N, K_s)).
         """
-        return pooled_trunk_features(self.backbone, self.in_feature, images, self.channels_last)
+        z = self.heads[scale](pooled)
+        return z, F.softmax(self.prototypes[scale](z) / self.temperature, dim=1)
 
-    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images * 255.0 - self.pixel_mean) / self.pixel_std
-
+    # ---------------------------------------------------------------- trunk
     def embed_crops(self, batched_inputs: List[dict]) -> List[torch.Tensor]:
         """Pooled trunk features of every crop, one trunk call per distinct crop size.
 
@@ -287,11 +288,8 @@ class SSPRL(nn.Module):
         """
         batch = len(batched_inputs)
         per_crop: List[Optional[torch.Tensor]] = [None] * len(self.layout)
-        groups = augmented_crop_groups(
-            batched_inputs, self.size_groups, self.photometric, self.device
-        )
-        for indices, crops in groups:
-            feats = self.pooled_features(self._normalize(crops))
+        for indices, crops in self.crop_groups(batched_inputs):
+            feats = self.image_features(self.normalize(crops))
             for k, i in enumerate(indices):
                 per_crop[i] = feats[k * batch : (k + 1) * batch]
         return per_crop  # type: ignore[return-value]
@@ -310,13 +308,13 @@ class SSPRL(nn.Module):
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        self.skipped_images += sum(int(x.get("skipped", 0)) for x in batched_inputs)
+        skipped = self.count_skipped(batched_inputs)
         batch = len(batched_inputs)
         feats = self.embed_crops(batched_inputs)
         losses: Dict[str, torch.Tensor] = {}
         # 0-dim tensors on the device, read back by put_scalars only inside a trainer
         metrics: Dict[str, Union[float, torch.Tensor]] = {
-            "data/skipped_images": float(self.skipped_images)
+            "data/skipped_images": skipped
         }
         global_codes: List[torch.Tensor] = []
         for s in range(self.num_scales):
@@ -371,21 +369,3 @@ class SSPRL(nn.Module):
             metrics[f"ssprl/swap_accuracy_s{s}"] = swap_accuracy(codes, score_views, targets)
         put_scalars(**metrics)
         return losses
-
-    def inference(self, batched_inputs: List[dict]) -> List[dict]:
-        """Pooled trunk features of whole images (for feature extraction and probes).
-
-        Args:
-            batched_inputs: dicts with ``"image"``, a uint8 (3, H, W) RGB tensor; equal sizes.
-
-        Returns:
-            one dict per image with ``"features"`` (C,).
-        """
-        return inference_features(
-            self.backbone,
-            self.in_feature,
-            batched_inputs,
-            self.pixel_mean,
-            self.pixel_std,
-            self.channels_last,
-        )

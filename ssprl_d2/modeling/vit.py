@@ -15,10 +15,17 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid, ViT
 from torch import nn
 
-__all__ = ["build_timm_vit", "vit_sizes", "build_vitdet_backbone"]
+__all__ = ["build_timm_vit", "vit_name", "vit_sizes", "build_vitdet_backbone"]
 
 # the timm architecture whose constructor builds every size (sizes are passed explicitly)
 _TIMM_ARCH = "vit_small_patch16_224"
+# the usual names of the ViT widths (Dosovitskiy et al.; DeiT's Ti and S)
+_VIT_WIDTHS = {192: "Ti", 384: "S", 768: "B", 1024: "L", 1280: "H"}
+
+
+def vit_name(embed_dim: int, patch_size: int) -> str:
+    """"ViT-S/16" for width 384 and patch 16; other widths as "ViT-w<width>/<patch>"."""
+    return f"ViT-{_VIT_WIDTHS.get(embed_dim, f'w{embed_dim}')}/{patch_size}"
 
 
 def vit_sizes(cfg) -> dict:
