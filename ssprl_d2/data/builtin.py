@@ -3,12 +3,11 @@
 ``import ssprl_d2`` calls :func:`register_builtin_datasets`: image-folder views of COCO and
 ImageNet (labels not needed for pre-training), the embedded synthetic dataset (instances and
 semantic label maps), PASCAL VOC 2007 with its "difficult" flags for the multi-label protocol and
-PASCAL VOC 2012 semantic segmentation (SBD-augmented train list where present). Detectron2's own
-``voc_2007_trainval`` / ``voc_2012_trainval`` / ``voc_2007_test`` (detection) and
-``cityscapes_fine_{instance_seg,sem_seg}_{train,val}`` serve the other transfer benchmarks as they
-are. All of them are rooted at
-``$DETECTRON2_DATASETS`` (read once per call) and loaded lazily. User datasets come from the
-config (:func:`register_from_cfg`).
+PASCAL VOC 2012 semantic segmentation (SBD-augmented train_aug, VOC's own train only by name,
+val). Detectron2's own ``voc_2007_trainval`` / ``voc_2012_trainval`` / ``voc_2007_test``
+(detection) and ``cityscapes_fine_{instance_seg,sem_seg}_{train,val}`` serve the other transfer
+benchmarks as they are. All of them are rooted at ``$DETECTRON2_DATASETS`` (read once per call)
+and loaded lazily. User datasets come from the config (:func:`register_from_cfg`).
 """
 import functools
 import logging
@@ -49,7 +48,10 @@ _SYNTHETIC_SEM_SEG_SPLITS: Dict[str, str] = {
 # semantic-segmentation label value that carries no loss and no score (VOC's object boundaries)
 IGNORE_LABEL = 255
 _VOC_SEM_SEG_SPLITS: Dict[str, str] = {
+    # the SBD-augmented 10,582 images of the literature's protocol; refused without SBD
     "voc_2012_sem_seg_train_aug": "train_aug",
+    # VOC's own 1,464 training images, only when asked for by this name
+    "voc_2012_sem_seg_train": "train",
     "voc_2012_sem_seg_val": "val",
 }
 _VOC_SPLITS: Dict[str, str] = {
@@ -153,9 +155,11 @@ def load_voc_sem_seg(dirname: str, split: str) -> List[Dict]:
     """PASCAL VOC 2012 semantic segmentation: image and label-map pairs of one split.
 
     ``train_aug`` is the SBD-augmented list (``ImageSets/Segmentation/train_aug.txt`` with labels
-    in ``SegmentationClassAug/``, 10,582 images) where both exist, else the plain ``train`` split
-    (1,464 images, ``SegmentationClass/``), said in the log. Label maps hold class indices
-    (palette PNGs): 0 background, 1..20 the classes, 255 boundaries (ignored).
+    in ``SegmentationClassAug/``, 10,582 images) that every published VOC segmentation table
+    trains on; without SBD it is refused, never replaced by the plain ``train`` split (1,464
+    images, ``SegmentationClass/``), which must be asked for by name
+    (``voc_2012_sem_seg_train``). Label maps hold class indices (palette PNGs): 0 background,
+    1..20 the classes, 255 boundaries (ignored).
 
     Args:
         dirname: the VOC2012 folder.
@@ -164,19 +168,24 @@ def load_voc_sem_seg(dirname: str, split: str) -> List[Dict]:
     Returns:
         Detectron2 dicts with ``file_name``, ``sem_seg_file_name`` and ``image_id`` (sizes are
         read from the image by the mapper).
+
+    Raises:
+        FileNotFoundError: a list is missing; for ``train_aug``, the message says where SBD goes.
     """
     sets = os.path.join(dirname, "ImageSets", "Segmentation")
     labels = "SegmentationClass"
     if split == "train_aug":
-        aug_list, aug_labels = os.path.join(sets, "train_aug.txt"), "SegmentationClassAug"
-        if os.path.isfile(aug_list) and os.path.isdir(os.path.join(dirname, aug_labels)):
-            labels = aug_labels
-            logger.info("VOC 2012 semantic segmentation: SBD-augmented train_aug list")
-        else:
-            split = "train"
-            logger.warning(
-                "VOC 2012 semantic segmentation: %s or %s/ not found, training on the plain "
-                "train split (1,464 images) instead of train_aug (10,582)", aug_list, aug_labels)
+        aug_list, labels = os.path.join(sets, "train_aug.txt"), "SegmentationClassAug"
+        missing = [p for p in (aug_list, os.path.join(dirname, labels)) if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"VOC 2012 train_aug needs the SBD augmentation (Hariharan et al. 2011): "
+                f"{' and '.join(missing)} not found. Put SBD's label maps, converted to VOC's "
+                f"palette PNGs, in {os.path.join(dirname, labels)}/ and the 10,582 image ids "
+                f"(VOC train + SBD train/val, minus VOC val) in {aug_list}, as mmsegmentation's "
+                "tools/convert_datasets/voc_aug.py makes them; or train on VOC's own 1,464 "
+                "images by naming voc_2012_sem_seg_train in DATASETS.TRAIN (a smaller protocol "
+                "than the published tables)")
     list_file = os.path.join(sets, f"{split}.txt")
     if not os.path.isfile(list_file):
         raise FileNotFoundError(f"VOC 2012 segmentation list {list_file} not found")
@@ -204,7 +213,7 @@ def _register_voc_sem_seg(name: str, dirname: str, split: str) -> None:
 
 
 def register_voc_sem_seg(root: Optional[str] = None) -> None:
-    """Register ``voc_2012_sem_seg_train_aug`` / ``voc_2012_sem_seg_val`` (lazy).
+    """Register ``voc_2012_sem_seg_{train_aug,train,val}`` (lazy).
 
     Args:
         root: the VOC2012 folder; ``<datasets root>/VOC2012`` if None.

@@ -49,6 +49,7 @@ from ..data.build import (
     build_pretrain_loader,
 )
 from ..data.builtin import register_from_cfg
+from ..data.semseg import build_semseg_train_loader
 from ..evaluation import (
     MultiLabelMAPEvaluator,
     build_detection_evaluator,
@@ -67,14 +68,18 @@ from ..checks import (
 )
 from ..modeling import get_task
 from .checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
-from .finetune import build_finetune_optimizer
+from .finetune import build_finetune_lr_scheduler, build_finetune_optimizer
 from .hooks import unwrap_model
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer
 
 __all__ = ["Trainer", "argument_parser", "cli", "main", "setup"]
 
 # what differs per task (ssprl_d2.modeling.task); a task without an entry uses Detectron2's default
-TRAIN_LOADERS = {"pretrain": build_pretrain_loader, "multilabel": build_multilabel_train_loader}
+TRAIN_LOADERS = {
+    "pretrain": build_pretrain_loader,
+    "multilabel": build_multilabel_train_loader,
+    "semseg": build_semseg_train_loader,
+}
 TEST_LOADERS = {"multilabel": build_multilabel_test_loader}
 OPTIMIZERS = {
     "pretrain": build_pretrain_optimizer,
@@ -140,6 +145,11 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         build = OPTIMIZERS.get(get_task(cfg))
         return build(cfg, model) if build else super().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # Detectron2's schedules, and "PolyLR" (mmsegmentation's poly with an end lr)
+        return build_finetune_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
