@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from timm.layers import DropPath
 from util import REPO
 
 from ssprl_d2 import add_ssprl_config
@@ -105,9 +106,8 @@ def _tiny_model(**kw):
     return LocalGlobal(**args)
 
 
-def _batch(boxes, flips, batch=3, seed=0):
+def _batch(boxes, flips, batch=3, seed=0, sizes=(16, 16, 8, 8)):
     g = torch.Generator().manual_seed(seed)
-    sizes = [16, 16, 8, 8]
     return [
         {
             "crops": [torch.rand(3, s, s, generator=g) for s in sizes],
@@ -187,3 +187,34 @@ def test_the_teacher_has_no_stochastic_depth_when_the_student_has():
     assert torch.equal(teacher[0], teacher[1])
     # same weights and names: the checkpoint and the export are unchanged
     assert model.teacher_backbone.state_dict().keys() == model.backbone.state_dict().keys()
+
+
+def test_drop_path_from_the_config_trains_a_step_with_a_deterministic_teacher():
+    # the ViT-S configs' MODEL.VIT.DROP_PATH_RATE 0.1 on the CPU config (which sets 0)
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(LG_CPU_CONFIG)
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    # timm's rule: linspace(0, rate, depth) over the 4 blocks (no DropPath where it is 0)
+    rates = [m.drop_prob for m in model.backbone.modules() if isinstance(m, DropPath)]
+    assert rates == pytest.approx([0.1 / 3] * 2 + [0.2 / 3] * 2 + [0.1] * 2)
+    assert not any(isinstance(m, DropPath) for m in model.teacher_backbone.modules())
+    boxes = [[0, 0, 96, 96], [24, 24, 120, 120], [0, 0, 40, 40], [50, 50, 90, 90],
+             [10, 60, 50, 100], [200, 200, 240, 240]]
+    batch = _batch(boxes, [False, True, False, False, True, False], batch=2,
+                   sizes=(48, 48, 32, 32, 32, 32))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model(batch)["loss_local_global"]
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and model.backbone.pos_embed.grad is not None
+    # after the step, in training mode: 8 images (a repeat of every drop decision is unlikely)
+    x = torch.randn(8, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        student = [model.backbone.forward_features(x) for _ in range(2)]
+        teacher = [model.teacher_backbone.forward_features(x) for _ in range(2)]
+    assert not torch.equal(student[0], student[1])
+    assert torch.equal(teacher[0], teacher[1])
