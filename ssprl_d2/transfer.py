@@ -1,34 +1,52 @@
-"""The transfer suite: named benchmarks, each a fine-tuning config and its random-init twin.
+"""The transfer suite, and the project's one fine-tune runner and one result cache.
 
-Every benchmark runs the public commands (``tools/train_net.py``, i.e.
-:mod:`ssprl_d2.engine.train`, to fine-tune, then
-``--eval-only`` on ``model_final.pth``) in subprocesses, so the suite measures exactly what a user
-runs; ``tools/run_transfer.py`` is the command line, ``tools/demo.py`` uses the same
-:func:`finetune_and_evaluate`. A run whose ``eval_results.json`` exists is finished and skipped;
-any other is started with ``--resume``, which continues an interrupted one from its last
-checkpoint. Random-init runs do not depend on the weights and are shared between weight files.
+Benchmarks: each a fine-tuning config and its random-init twin (:data:`BENCHMARKS`, grouped in
+:data:`SUITES`); ``tools/run_transfer.py`` is their command line.
+
+Runner: :func:`train_and_evaluate` runs the public command (``tools/train_net.py``, i.e.
+:mod:`ssprl_d2.engine.train`, in a subprocess, so it measures exactly what a user runs):
+fine-tune with ``--resume`` (an interrupted run continues from its last checkpoint), then
+``--eval-only`` on ``model_final.pth``. Cache: :func:`cached_result` keeps a job's metrics with
+the settings that made them in ``<job folder>/result.json``; a finished job is read back, one made
+with other settings stops the caller (:class:`StaleResultError`). :func:`finetune_and_evaluate`
+is the two together; the transfer suite, ``tools/demo.py`` and the study
+(:mod:`ssprl_d2.study`) all fine-tune through them. Random-init runs do not depend on the weights
+and are shared between weight files.
 """
+import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .study import mean_std
+import yaml
+
+from .atomic import atomic_write_bytes
+from .tables import markdown_table, mean_std, stat_cell
 
 __all__ = [
     "BENCHMARKS",
     "SUITES",
     "Benchmark",
     "RunFailed",
+    "StaleResultError",
+    "cached_result",
+    "check_spec",
+    "config_files_sha256",
+    "file_sha256",
     "finetune_and_evaluate",
-    "markdown_table",
     "read_eval_results",
+    "read_result",
     "resolve_benchmarks",
+    "run_spec",
     "run_suite",
     "run_train_net",
+    "train_and_evaluate",
+    "train_net_command",
+    "transfer_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,7 +54,10 @@ logger = logging.getLogger(__name__)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the training entry point as a command: what tools/train_net.py runs, without a checkout
 TRAIN_NET = ("-m", "ssprl_d2.engine.train")
-RESULTS_FILE = "eval_results.json"
+# written by train_net --eval-only: {"weights", "results"}
+EVAL_RESULTS_FILE = "eval_results.json"
+# the cache: {"spec", "metrics"} of a finished job
+RESULT_FILE = "result.json"
 
 _BOX = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"))
 _MASK = (("segm", "AP"), ("segm", "AP50"), ("segm", "AP75"))
@@ -67,10 +88,6 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "coco_15k": Benchmark(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014.yaml", _BOX + _MASK,
         "Mask R-CNN R50-FPN, COCO train2014 -> val2014, 15k (the paper's protocol)"),
-    "coco_15k_release": Benchmark(
-        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014_release.yaml", _BOX + _MASK,
-        "Mask R-CNN R50-FPN, COCO train2014 -> val2014, 15k at the release's undecayed lr "
-        "(what the paper's figures ran)"),
     "coco_1x": Benchmark(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_coco2017.yaml", _BOX + _MASK,
         "Mask R-CNN R50-FPN, COCO train2017 -> val2017, 1x (90k)"),
@@ -92,12 +109,6 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "cityscapes_semseg": Benchmark(
         "SemanticSegmentation/semantic_R_50_FPN_40k_cityscapes.yaml", _SEMSEG,
         "Semantic FPN R50, Cityscapes fine train -> val, 40k"),
-    "voc_semseg_fcn": Benchmark(
-        "SemanticSegmentation/fcn_R_50_D8_20k_voc12aug.yaml", _SEMSEG,
-        "FCN R50-D8, VOC 2012 train_aug -> val, 20k (DenseCL / the release, mmsegmentation)"),
-    "cityscapes_semseg_fcn": Benchmark(
-        "SemanticSegmentation/fcn_R_50_D8_40k_cityscapes.yaml", _SEMSEG,
-        "FCN R50-D8, Cityscapes fine train -> val, 40k, sliding-window test (DenseCL)"),
     # CPU versions on the embedded dataset (ResNet-18, small images, BN)
     "cpu_mask_rcnn_fpn": Benchmark(
         "quick_schedules/mask_rcnn_R_18_FPN_cpu_synthetic.yaml", _BOX[:2] + _MASK[:2],
@@ -111,17 +122,13 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "cpu_semseg": Benchmark(
         "quick_schedules/semantic_R_18_FPN_cpu_synthetic.yaml", _SEMSEG[:2],
         "Semantic FPN R18, embedded dataset label maps (for VOC / Cityscapes semseg)"),
-    "cpu_semseg_fcn": Benchmark(
-        "quick_schedules/fcn_R_18_D8_cpu_synthetic.yaml", _SEMSEG[:2],
-        "FCN R18-D8, embedded dataset label maps (for VOC / Cityscapes semseg FCN)"),
 }
 SUITES: Dict[str, List[str]] = {
     # what SSL papers report besides the paper's own COCO 15k
     "standard": ["voc_detection", "coco_1x", "coco_c4_1x", "cityscapes_instance", "voc_semseg",
-                 "cityscapes_semseg", "voc_semseg_fcn", "cityscapes_semseg_fcn"],
+                 "cityscapes_semseg"],
     "all": [n for n in BENCHMARKS if not n.startswith("cpu_")],
-    # one CPU version per architecture; cpu_mask_rcnn_c4 and cpu_semseg_fcn are left out to keep
-    # the suite short
+    # one CPU version per architecture; cpu_mask_rcnn_c4 is left out to keep the suite short
     "cpu": ["cpu_semseg", "cpu_faster_rcnn_c4", "cpu_mask_rcnn_fpn"],
 }
 
@@ -145,59 +152,214 @@ def resolve_benchmarks(names: Sequence[str]) -> List[str]:
     return out
 
 
+def train_net_command(args: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
+    """The command line and environment of ``python -m ssprl_d2.engine.train <args>``.
+
+    Args:
+        args: the command line after ``train_net.py``.
+
+    Returns:
+        (argv, environment): run in the repository root, the environment puts this checkout's
+        package first on ``PYTHONPATH`` (whichever one an editable install points at) and makes
+        the child's prints unbuffered (its progress arrives as it is printed).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return [sys.executable, *TRAIN_NET, *args], env
+
+
 def run_train_net(args: Sequence[str], **kwargs) -> None:
     """``python -m ssprl_d2.engine.train <args>`` (= ``tools/train_net.py``) in the repository
-    root; raises if it fails.
+    root, its output on this process's; raises ``subprocess.CalledProcessError`` if it fails.
 
     Args:
         args: the command line after ``train_net.py``.
         kwargs: passed to ``subprocess.run`` (e.g. ``stdout``).
     """
-    cmd = [sys.executable, *TRAIN_NET, *args]
-    print("  $ train_net.py " + " ".join(args), flush=True)
-    # this checkout's package, whichever one an editable install points at
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    cmd, env = train_net_command(args)
+    logger.info("  $ train_net.py " + " ".join(args))
     subprocess.run(cmd, cwd=REPO, check=True, env=env, **kwargs)
 
 
-def read_eval_results(output_dir: str) -> Optional[Dict]:
-    """The ``results`` of ``OUTPUT_DIR/eval_results.json``, or None before evaluation."""
-    path = os.path.join(output_dir, RESULTS_FILE)
+class StaleResultError(RuntimeError):
+    """A finished result or pre-training in the output folder was made with other settings."""
+
+
+# spec keys that older results did not record: a stored spec without one is compared without it
+_UNRECORDED_BEFORE = ("config_sha256",)
+
+
+def config_files_sha256(path: str) -> str:
+    """SHA-256 of a config file and its ``_BASE_`` chain (bases first), for a result's spec.
+
+    A cached result names its config; the hash makes an edited config (or an edited base) a
+    different spec, so its results are recomputed instead of read back.
+
+    Args:
+        path: a Detectron2 YAML config; ``_BASE_`` is resolved as Detectron2 does (relative to
+            the file's folder, ``~`` expanded).
+
+    Returns:
+        the hex digest.
+    """
+    digest = hashlib.sha256()
+
+    def add(file: str) -> None:
+        with open(file, "rb") as f:
+            content = f.read()
+        base = (yaml.safe_load(content) or {}).get("_BASE_")
+        if base:
+            base = os.path.expanduser(base)
+            add(base if os.path.isabs(base) else os.path.join(os.path.dirname(file), base))
+        digest.update(content)
+
+    add(path)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (weights in a result's spec)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _without_unrecorded(want: Any, found: Any) -> Any:
+    """``want`` without the keys of :data:`_UNRECORDED_BEFORE` that ``found`` lacks, nested."""
+    if not (isinstance(want, dict) and isinstance(found, dict)):
+        return want
+    return {
+        k: _without_unrecorded(v, found.get(k))
+        for k, v in want.items()
+        if k in found or k not in _UNRECORDED_BEFORE
+    }
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    # tuples become lists, numpy floats floats: a value compares equal to the one read back
+    return json.loads(json.dumps(obj, default=float))
+
+
+def check_spec(found: Any, spec: Mapping, path: str) -> None:
+    """Compare the settings stored at ``path`` with the ones a run asks for.
+
+    Raises:
+        StaleResultError: they differ (keys that older files did not record are not compared).
+    """
+    want = _json_roundtrip(spec)
+    comparable = _without_unrecorded(want, found)
+    if found != comparable:
+        raise StaleResultError(
+            f"{path} was made with {found}, this run asks for {want}: "
+            "use another --out (output folder), or delete that folder to recompute it"
+        )
+    if comparable != want:
+        logger.warning(f"{path} predates config hashing: trusted by its config's name")
+
+
+def read_result(job_dir: str, spec: Mapping) -> Optional[Dict[str, Any]]:
+    """The metrics of a finished job, or None when ``<job_dir>/result.json`` does not exist.
+
+    Args:
+        job_dir: the job's folder.
+        spec: the settings the job runs with (JSON-able); must equal the stored ones.
+
+    Raises:
+        StaleResultError: the stored result was made with other settings.
+    """
+    path = os.path.join(job_dir, RESULT_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)["results"]
+        data = json.load(f)
+    check_spec(data["spec"], spec, path)
+    return data["metrics"]
+
+
+def cached_result(
+    job_dir: str, spec: Mapping, compute: Callable[[], Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """The one result cache: read back when finished, else ``compute()`` and stored atomically.
+
+    ``<job_dir>/result.json`` holds ``{"spec": spec, "metrics": metrics}``; it marks the job
+    finished, and a later call with other settings raises instead of mixing them.
+
+    Args:
+        job_dir: the job's folder (a fine-tuning run's ``OUTPUT_DIR``).
+        spec: the settings of the job (JSON-able), stored with the metrics and checked on read.
+        compute: runs the job; returns its metrics (JSON-able, e.g. Detectron2's evaluation
+            results or {protocol: value}).
+
+    Returns:
+        the metrics as stored (a fresh result equals the one read back later).
+
+    Raises:
+        StaleResultError: a stored result was made with other settings.
+    """
+    done = read_result(job_dir, spec)
+    if done is not None:
+        logger.info(f"finished earlier: {os.path.join(job_dir, RESULT_FILE)}")
+        return done
+    metrics = _json_roundtrip(compute())
+    payload = {"spec": _json_roundtrip(spec), "metrics": metrics}
+    atomic_write_bytes(os.path.join(job_dir, RESULT_FILE), json.dumps(payload, indent=1).encode())
+    return metrics
+
+
+def read_eval_results(output_dir: str) -> Optional[Dict]:
+    """The ``results`` of ``OUTPUT_DIR/eval_results.json`` when they are of the run's own
+    ``model_final.pth``, else None."""
+    path = os.path.join(output_dir, EVAL_RESULTS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    if os.path.basename(data.get("weights", "")) != "model_final.pth":
+        return None  # an evaluation of other weights in this folder
+    return data["results"]
 
 
 class RunFailed(RuntimeError):
     """A fine-tuning or evaluation run exited with an error; the message names its log."""
 
 
-def finetune_and_evaluate(
+def train_and_evaluate(
     config: str,
     output_dir: str,
     weights: Optional[str] = None,
     opts: Sequence[str] = (),
     run: Callable[[Sequence[str]], None] = run_train_net,
 ) -> Dict:
-    """Fine-tune ``config`` (resuming an interrupted run), then evaluate ``model_final.pth``.
+    """The one fine-tune runner: train ``config`` (``--resume``: an interrupted run continues
+    from its last checkpoint), then ``--eval-only`` on its ``model_final.pth``.
+
+    Training runs with ``DATASETS.TEST ()``; the evaluation after it is the run's only one. An
+    evaluation already written for ``model_final.pth`` (``eval_results.json``) is read back.
 
     Args:
         config: a config file.
-        output_dir: OUTPUT_DIR of the run; its ``eval_results.json`` marks it finished. A
-            relative path is relative to the repository root (train_net runs there).
+        output_dir: OUTPUT_DIR of the run, absolute or relative to the repository root (where
+            train_net runs).
         weights: MODEL.WEIGHTS for fine-tuning; None keeps the config's (random init: "").
         opts: further config overrides (``KEY VALUE`` ...), for both commands.
-        run: runs one train_net command line (replaced in tests).
+        run: runs one train_net command line (:func:`run_train_net`; the demo shows progress,
+            tests replace it).
 
     Returns:
-        The evaluation results (``{"bbox": {...}, ...}``).
+        Detectron2's evaluation results (``{"bbox": {...}, ...}``).
+
+    Raises:
+        RunFailed: a command exited with an error.
     """
     output_dir = os.path.join(REPO, output_dir)  # unchanged when already absolute
     done = read_eval_results(output_dir)
     if done is not None:
-        print(f"  finished earlier: {os.path.join(output_dir, RESULTS_FILE)}", flush=True)
+        # e.g. a run finished before result.json recorded the settings: its evaluation is read
+        # back, not run again (delete the folder to recompute it)
+        logger.info(f"evaluated earlier: {os.path.join(output_dir, EVAL_RESULTS_FILE)}")
         return done
     common = ["--config-file", config, *opts, "OUTPUT_DIR", output_dir]
     train = ["--resume", *common, "DATASETS.TEST", "()"]  # evaluated once, below
@@ -211,8 +373,66 @@ def finetune_and_evaluate(
         raise RunFailed(f"{config} failed (exit status {e.returncode}); its log: {log}") from None
     results = read_eval_results(output_dir)
     if results is None:
-        raise RuntimeError(f"--eval-only wrote no {RESULTS_FILE} in {output_dir}")
+        raise RuntimeError(f"--eval-only wrote no {EVAL_RESULTS_FILE} in {output_dir}")
     return results
+
+
+def _repo_relative(path: str) -> str:
+    # inside the checkout: relative, so that a moved checkout reads its results back
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
+
+
+def run_spec(config: str, weights: Optional[str], opts: Sequence[str]) -> Dict[str, Any]:
+    """The settings a fine-tuning run's result depends on (its :func:`cached_result` spec).
+
+    Args:
+        config, weights, opts: as :func:`finetune_and_evaluate`.
+
+    Returns:
+        {"config", "config_sha256", "weights", "weights_sha256", "opts"}; paths inside the
+        checkout relative to it, weights None for the config's own (random init).
+    """
+    return {
+        "config": _repo_relative(config),
+        "config_sha256": config_files_sha256(config),
+        "weights": None if weights is None else _repo_relative(weights),
+        # an export made again from a longer pre-training at the same path is another trunk
+        "weights_sha256": None if weights is None else file_sha256(weights),
+        "opts": list(opts),
+    }
+
+
+def finetune_and_evaluate(
+    config: str,
+    output_dir: str,
+    weights: Optional[str] = None,
+    opts: Sequence[str] = (),
+    run: Callable[[Sequence[str]], None] = run_train_net,
+) -> Dict:
+    """Fine-tune and evaluate once (:func:`train_and_evaluate`), cached in
+    ``OUTPUT_DIR/result.json`` (:func:`cached_result`, spec :func:`run_spec`).
+
+    A folder of a run finished before results recorded their settings (``eval_results.json``
+    without ``result.json``) is read back and its settings recorded as this call's.
+
+    Args:
+        config: a config file.
+        output_dir: OUTPUT_DIR of the run; relative to the repository root unless absolute.
+        weights: MODEL.WEIGHTS for fine-tuning; None keeps the config's (random init: "").
+        opts: further config overrides (``KEY VALUE`` ...), for both commands.
+        run: runs one train_net command line (replaced in tests).
+
+    Returns:
+        The evaluation results (``{"bbox": {...}, ...}``).
+
+    Raises:
+        StaleResultError: the folder holds a result made with other settings.
+        RunFailed: a command exited with an error.
+    """
+    output_dir = os.path.join(REPO, output_dir)
+    return cached_result(output_dir, run_spec(config, weights, opts),
+                         lambda: train_and_evaluate(config, output_dir, weights, opts, run))
 
 
 def run_suite(
@@ -249,8 +469,8 @@ def run_suite(
                 ("random init", bench.random_init_config, None, "random_init"),
             ):
                 out = os.path.join(out_root, folder, sub)
-                print(f"[transfer] {name} ({init}{'' if seed is None else f', seed {seed}'})",
-                      flush=True)
+                logger.info(f"[transfer] {name} ({init}"
+                            f"{'' if seed is None else f', seed {seed}'})")
                 results = finetune_and_evaluate(os.path.join(REPO, "configs", config), out, w,
                                                 extra, run)
                 records.append({"benchmark": name, "init": init, "seed": seed, "config": config,
@@ -259,20 +479,20 @@ def run_suite(
 
 
 def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    s = mean_std(values)
-    return f"{s['mean']:.1f}" if s["n"] == 1 else f"{s['mean']:.1f} +- {s['std']:.1f} (n={s['n']})"
+    return stat_cell(mean_std(values), bare_single=True) if values else "-"
 
 
-def markdown_table(records: Sequence[Mapping], weights_name: str) -> str:
+def transfer_table(records: Sequence[Mapping], weights_name: str) -> str:
     """One row per benchmark and metric: pre-trained, random init, difference of the means.
 
     With several seeds a cell is mean +- sample std (n); a metric missing from the results
     (an evaluator without it) shows "-".
+
+    Args:
+        records: :func:`run_suite`'s records (``"benchmark"``, ``"init"``, ``"results"``).
+        weights_name: the pre-trained records' ``"init"`` and its column's title.
     """
-    lines = [f"| benchmark | metric | {weights_name} | random init | difference |",
-             "|---|---|---|---|---|"]
+    rows = []
     for name in dict.fromkeys(r["benchmark"] for r in records):
         for group, metric in BENCHMARKS[name].metrics:
             cols = []
@@ -283,6 +503,5 @@ def markdown_table(records: Sequence[Mapping], weights_name: str) -> str:
             # rounded first, so that a zero difference prints as +0.0, not -0.0
             diff = (f"{round(mean_std(cols[0])['mean'] - mean_std(cols[1])['mean'], 1) + 0.0:+.1f}"
                     if cols[0] and cols[1] else "-")
-            lines.append(f"| {name} | {group} {metric} | {_cell(cols[0])} | {_cell(cols[1])} | "
-                         f"{diff} |")
-    return "\n".join(lines)
+            rows.append([name, f"{group} {metric}", _cell(cols[0]), _cell(cols[1]), diff])
+    return markdown_table(["benchmark", "metric", weights_name, "random init", "difference"], rows)

@@ -69,6 +69,7 @@ class FakeTrainNet:
 def test_runner_skips_finished_and_resumes_interrupted(tmp_path):
     out = str(tmp_path / "transfer")
     weights = str(tmp_path / "w.pkl")
+    (tmp_path / "w.pkl").write_bytes(b"w")  # its hash is part of every run's cached settings
     fake = FakeTrainNet(crash_in="random_init")
     with pytest.raises(KeyboardInterrupt):
         transfer.run_suite(weights, ["cpu_faster_rcnn_c4"], out, run=fake)
@@ -85,7 +86,7 @@ def test_runner_skips_finished_and_resumes_interrupted(tmp_path):
     assert len(fake.calls) == 2 and all("random_init" in c[c.index("OUTPUT_DIR") + 1]
                                         for c in fake.calls)
     assert "--resume" in fake.calls[0] and "--eval-only" in fake.calls[1]
-    table = transfer.markdown_table(records, "w")
+    table = transfer.transfer_table(records, "w")
     assert "| cpu_faster_rcnn_c4 | bbox AP | 2.0 | 1.0 | +1.0 |" in table
 
     fake.calls.clear()
@@ -95,11 +96,12 @@ def test_runner_skips_finished_and_resumes_interrupted(tmp_path):
 
 def test_seeds_give_mean_and_spread(tmp_path):
     fake = FakeTrainNet()
+    (tmp_path / "w.pkl").write_bytes(b"w")
     records = transfer.run_suite(str(tmp_path / "w.pkl"), ["cpu_faster_rcnn_c4"],
                                  str(tmp_path / "t"), seeds=[0, 1], run=fake)
     assert [c[c.index("SEED") + 1] for c in fake.calls if "--eval-only" not in c] == [
         "0", "0", "1", "1"]
-    assert "2.0 +- 0.0 (n=2)" in transfer.markdown_table(records, "w")
+    assert "2.0 +- 0.0 (n=2)" in transfer.transfer_table(records, "w")
 
 
 def test_every_benchmark_has_both_configs_and_suites_resolve():

@@ -20,7 +20,7 @@ from detectron2.modeling import build_model
 
 from ..data.build import build_multilabel_test_loader
 from ..engine.checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
-from ..study import mean_std
+from ..tables import mean_std
 from .bn_recalibration import recalibrated_bn
 from .multilabel_evaluator import multilabel_average_precision
 

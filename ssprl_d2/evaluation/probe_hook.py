@@ -7,7 +7,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..engine.hooks import unwrap_model
-from ..study import mean_std
+from ..tables import mean_std
 from .probe import KNNProbe, probe_datasets, random_seeds_of
 
 __all__ = ["KNNProbeHook", "build_probe_hook"]
