@@ -8,7 +8,9 @@
 
 Benchmarks and suites are in ssprl_d2/transfer.py (BENCHMARKS, SUITES). Each run is
 tools/train_net.py (fine-tune with --resume, then --eval-only on model_final.pth) in a subprocess;
-a run with OUTPUT_DIR/eval_results.json is skipped, an interrupted one resumes. Runs land in
+a finished run is read back from OUTPUT_DIR/result.json (its metrics and the settings that made
+them: config and its hash, weights and their hash, overrides; a folder made with other settings
+stops the suite with an error), an interrupted one resumes. Runs land in
 <out>/<weights name>/<benchmark>[/seed<s>] and <out>/random_init/... (random-init runs are shared
 between weight files). Writes <out>/<weights name>/transfer.md (the table: every metric next to
 the random-init twin's, mean +- std over --seeds) and transfer.json (every run), atomically.
@@ -16,6 +18,7 @@ Anything after `--` is passed to every run as config overrides (e.g. SOLVER.MAX_
 """
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -31,10 +34,11 @@ from ssprl_d2.transfer import (  # noqa: E402
     BENCHMARKS,
     SUITES,
     RunFailed,
-    markdown_table,
+    StaleResultError,
     resolve_benchmarks,
     run_suite,
     run_train_net,
+    transfer_table,
 )
 
 
@@ -76,9 +80,11 @@ def _transfer(args, opts) -> int:
             run_train_net(["--num-gpus", str(args.num_gpus), *cmd])
     start = time.time()
     args.out = os.path.abspath(args.out)
+    # the suite's progress lines ("[transfer] ..." and each command); runs print Detectron2's log
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         records = run_suite(os.path.abspath(args.weights), names, args.out, args.seeds, opts, run)
-    except RunFailed as e:
+    except (RunFailed, StaleResultError) as e:
         print(f"run_transfer: error: {e}", file=sys.stderr)
         return 1
     stem = os.path.splitext(os.path.basename(args.weights))[0]
@@ -87,7 +93,7 @@ def _transfer(args, opts) -> int:
     meta = {"weights": args.weights, "benchmarks": names, "seeds": args.seeds, "overrides": opts,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": commit,
             "seconds (this invocation; finished runs are skipped)": round(time.time() - start)}
-    table = markdown_table(records, stem)
+    table = transfer_table(records, stem)
     protocols = "\n".join(f"- {n}: {BENCHMARKS[n].protocol} (`configs/{BENCHMARKS[n].config}`)"
                           for n in names)
     folder = os.path.join(args.out, stem)
