@@ -41,15 +41,23 @@ def _cfg(path: str, **overrides):
     return set_keys(cfg, **overrides)
 
 
-def _init_gloo(rank: int, world: int, init_file: str) -> None:
+def _two_process_worker(rank, world, init_file, out_dir):
+    # one spawn for every two-process check (starting a process costs most of their time)
     torch.set_num_threads(1)  # two processes on a shared 2-core machine
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = {"local_global": _lg_centre_part(rank), "mls": _mls_part(rank)}
+        torch.save(out, os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
 
 
-def _spawn(worker, *args) -> List[dict]:
-    """Run ``worker(rank, 2, init_file, out_dir, *args)`` on two gloo processes; their outputs."""
+@pytest.fixture(scope="module")
+def two_processes() -> List[dict]:
+    """What each of two gloo processes (ranks 0, 1) computed, each on half of the batches."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(worker, args=(2, os.path.join(tmp, "init"), tmp, *args), nprocs=2, join=True)
+        mp.spawn(_two_process_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
+                 join=True)
         return [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(2)]
 
 
@@ -85,26 +93,23 @@ def _lg_batch(batch: int, seed: int = 0) -> List[dict]:
     return out
 
 
-def _lg_centre_worker(rank, world, init_file, out_dir):
-    _init_gloo(rank, world, init_file)
-    try:
-        # update_center alone, with unequal shares: rank 0 holds 3 views, rank 1 one
-        logits = torch.arange(4 * 2 * 3, dtype=torch.float32).view(4, 2, 3) ** 1.5
-        share = logits[:3] if rank == 0 else logits[3:]
-        centre = torch.zeros(2, 3)
-        update_center(centre, share, 0.9)
-        # the model: identical weights on both ranks, each with half of a batch of 4 images
-        torch.manual_seed(0)
-        model = build_model(_lg_tiny_cfg()).train()
-        model(_lg_batch(4)[2 * rank : 2 * rank + 2])
-        torch.save({"centre": centre, "model_centre": model.center.clone()},
-                   os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _lg_centre_part(rank: int) -> dict:
+    # update_center alone, with unequal shares: rank 0 holds 3 views, rank 1 one
+    logits = torch.arange(4 * 2 * 3, dtype=torch.float32).view(4, 2, 3) ** 1.5
+    share = logits[:3] if rank == 0 else logits[3:]
+    centre = torch.zeros(2, 3)
+    update_center(centre, share, 0.9)
+    # the model: identical weights on both ranks, each with half of a batch of 4 images
+    torch.manual_seed(0)
+    model = build_model(_lg_tiny_cfg()).train()
+    model(_lg_batch(4)[2 * rank : 2 * rank + 2])
+    return {"centre": centre, "model_centre": model.center.clone()}
 
 
-def test_local_global_centre_on_two_processes_equals_one_process_with_the_whole_batch():
-    out = _spawn(_lg_centre_worker)
+def test_local_global_centre_on_two_processes_equals_one_process_with_the_whole_batch(
+    two_processes,
+):
+    out = [o["local_global"] for o in two_processes]
     logits = torch.arange(4 * 2 * 3, dtype=torch.float32).view(4, 2, 3) ** 1.5
     for r in range(2):
         # the mean over all 4 views, not the mean of the two ranks' means (3 : 1 rows)
@@ -181,32 +186,31 @@ def _mls_batch(step: int) -> List[dict]:
              "photometric_done": True, "seed": 1000 * step + b + 1} for b in range(4)]
 
 
-def _mls_worker(rank, world, init_file, out_dir):
-    _init_gloo(rank, world, init_file)
-    try:
-        torch.manual_seed(0)
-        model = build_model(_mls_cfg()).train()
-        ddp = DistributedDataParallel(model, broadcast_buffers=False)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-        out = {}
-        for step in range(3):
-            losses = ddp(_mls_batch(step)[2 * rank : 2 * rank + 2])
-            if step == 0:
-                out["dictionary_g"] = model.dictionary.g.clone()
-                out["dictionary_z"] = model.dictionary.z.clone()
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
-        out.update(final_g=model.dictionary.g.clone(), final_z=model.dictionary.z.clone(),
-                   count=int(model.dictionary.count), loss=float(sum(losses.values()).detach()),
-                   query=model.backbone.stem.conv1.weight.detach().clone())
-        torch.save(out, os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _mls_part(rank: int) -> dict:
+    # DDP as the trainer builds it (buffers are per process: no broadcast), three SGD steps
+    torch.manual_seed(0)
+    model = build_model(_mls_cfg()).train()
+    ddp = DistributedDataParallel(model, broadcast_buffers=False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = {}
+    for step in range(3):
+        losses = ddp(_mls_batch(step)[2 * rank : 2 * rank + 2])
+        if step == 0:
+            out["dictionary_g"] = model.dictionary.g.clone()
+            out["dictionary_z"] = model.dictionary.z.clone()
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    out.update(final_g=model.dictionary.g.clone(), final_z=model.dictionary.z.clone(),
+               count=int(model.dictionary.count), loss=float(sum(losses.values()).detach()),
+               query=model.backbone.stem.conv1.weight.detach().clone())
+    return out
 
 
-def test_mls_shuffle_bn_on_two_processes_gives_the_keys_of_the_shuffled_shares_in_order():
-    out = _spawn(_mls_worker)
+def test_mls_shuffle_bn_on_two_processes_gives_the_keys_of_the_shuffled_shares_in_order(
+    two_processes,
+):
+    out = [o["mls"] for o in two_processes]
     # by hand on one process: the global batch permuted with rank 0's seed, cut into the two
     # ranks' shares, each share through the key encoder alone (its own BN statistics), the rows
     # put back in the global order
