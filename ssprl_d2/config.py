@@ -83,9 +83,10 @@ def _add_model_config(cfg: CN) -> None:
     _C.FREEZE_PROTOTYPES_ITERS = 648
     # queue length per scale (global, over all processes); 0 disables that scale's queue
     _C.QUEUE_LENGTHS = [1920, 5000, 5000]
-    # rounding of QUEUE_LENGTHS: "step" (down to a multiple of one step's entries, global batch x
-    # patches per image) or "release" (length minus its remainder modulo the global batch)
-    _C.QUEUE_ROUNDING = "step"
+    # rounding of QUEUE_LENGTHS: "release" (length minus its remainder modulo the global batch:
+    # 5000 -> 4992 at 128; the paper is silent, METHODS.md s.1) or "step" (down to a multiple of
+    # one step's entries, global batch x patches per image: 5000 -> 4608)
+    _C.QUEUE_ROUNDING = "release"
     # epoch at which the queues switch on (release: 80); negative disables queues
     _C.QUEUE_START_EPOCH = 80
 

@@ -250,7 +250,7 @@ def test_release_config_sets_every_release_value_at_once():
     assert release.MODEL.PIXEL_STD[0] == pytest.approx(0.228 * 255, abs=0.01)
     p = paper.MODEL.SSPRL
     assert (p.CROSS_MU, p.CROSS_TARGETS, p.LOSS_REDUCTION, p.QUEUE_ROUNDING) == (
-        "softmax", "paired", "sum", "step")
+        "softmax", "paired", "sum", "release")
 
 
 def test_mean_reduction_halves_every_swapped_prediction_term():

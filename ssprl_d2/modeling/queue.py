@@ -11,9 +11,10 @@ from torch import nn
 
 __all__ = ["QUEUE_ROUNDINGS", "AlignedDictionary", "EmbeddingQueue", "local_queue_length"]
 
-# "step": a multiple of one step's entries (global batch x patches); "release": the authors' code,
-# the length minus its remainder modulo the global batch (patch scales included)
-QUEUE_ROUNDINGS = ("step", "release")
+# "release" (the default: the paper is silent, METHODS.md s.1): the authors' code, the length minus
+# its remainder modulo the global batch (patch scales included); "step": a multiple of one step's
+# entries (global batch x patches)
+QUEUE_ROUNDINGS = ("release", "step")
 
 
 def local_queue_length(
@@ -21,7 +22,7 @@ def local_queue_length(
     global_batch: int,
     patches: int,
     world_size: int,
-    rounding: str = "step",
+    rounding: str = "release",
 ) -> int:
     """Per-process queue length: the global length trimmed, then split over the processes.
 
@@ -30,8 +31,9 @@ def local_queue_length(
         global_batch: images per step over all processes.
         patches: embeddings per image and view at this scale (1, or M_s at a patch scale).
         world_size: number of processes.
-        rounding: "step" trims to a multiple of one step's entries (global_batch x patches);
-            "release" subtracts the remainder modulo the global batch, as the authors' code.
+        rounding: "release" subtracts the remainder modulo the global batch, as the authors'
+            code (5000 -> 4992 at 128); "step" trims to a multiple of one step's entries
+            (global_batch x patches: 5000 -> 4608 at 128 x 4 and 128 x 9).
 
     Returns:
         the length of this process's queue (0 when the global length is below one unit).
