@@ -72,20 +72,23 @@ def test_dilated_trunk_has_the_resnet_parameter_names_exports_load_into(depth):
         k: tuple(v.shape) for k, v in plain.items()}
 
 
-def test_losses_at_a_zero_classifier_are_ln_k_and_04_ln_k():
+@pytest.mark.parametrize("average, labelled_share", [("valid", 1.0), ("all", 5888 / 6144)])
+def test_losses_at_a_zero_classifier_are_ln_k_and_04_ln_k(average, labelled_share):
     torch.manual_seed(0)
-    model = build_model(load_config(FCN_CPU, _CPU))
+    model = build_model(load_config(FCN_CPU, [*_CPU, "MODEL.FCN.LOSS_AVERAGE", average]))
     head = model.sem_seg_head
     for predictor in (head.decode.predictor, head.aux.predictor):
         torch.nn.init.zeros_(predictor.weight)
     model.train()
     label = torch.randint(0, 9, (2, 48, 64))
-    label[0, :4] = 255  # ignored pixels change nothing
+    label[0, :4] = 255  # 256 of the 6144 pixels carry no loss
     batch = [{"image": torch.rand(3, 48, 64) * 255, "sem_seg": label[i]} for i in range(2)]
     losses = model(batch)
-    # uniform logits over the 9 classes: cross-entropy ln 9 per pixel
-    assert losses["loss_sem_seg"].item() == pytest.approx(math.log(9), abs=1e-6)
-    assert losses["loss_sem_seg_aux"].item() == pytest.approx(0.4 * math.log(9), abs=1e-6)
+    # uniform logits over the 9 classes: cross-entropy ln 9 per labelled pixel; "all" divides
+    # the sum by every pixel (mmsegmentation 0.11), "valid" by the labelled ones
+    expected = math.log(9) * labelled_share
+    assert losses["loss_sem_seg"].item() == pytest.approx(expected, abs=1e-6)
+    assert losses["loss_sem_seg_aux"].item() == pytest.approx(0.4 * expected, abs=1e-6)
 
 
 def test_sliding_windows_hand_computed():

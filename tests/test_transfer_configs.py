@@ -195,6 +195,8 @@ MMSEG_FCN_R50_D8 = {
     "MODEL.FCN.AUX_IN_FEATURE": "res4",
     "MODEL.FCN.AUX_CONVS_DIM": 256,
     "MODEL.FCN.AUX_LOSS_WEIGHT": 0.4,
+    # mmseg 0.11's CrossEntropyLoss: reduction "mean" over every pixel, ignored ones included
+    "MODEL.FCN.LOSS_AVERAGE": "all",
     "SOLVER.BASE_LR": 0.01,
     "SOLVER.MOMENTUM": 0.9,
     "SOLVER.WEIGHT_DECAY": 0.0005,

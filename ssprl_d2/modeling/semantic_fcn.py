@@ -171,7 +171,8 @@ class FCNHead(nn.Module):
     """mmsegmentation's ``FCNHead`` on one backbone feature, with its auxiliary FCN.
 
     Training returns the losses (cross-entropy of logits resized to the label map, pixels equal
-    to ``ignore_value`` excluded, mean over the rest): ``loss_sem_seg`` and, with an auxiliary
+    to ``ignore_value`` without loss, averaged as ``loss_average`` says): ``loss_sem_seg`` and,
+    with an auxiliary
     feature, ``loss_sem_seg_aux``. Inference returns the logits at the feature's resolution
     (:class:`SlidingWindowSegmentor` resizes them).
     """
@@ -194,6 +195,7 @@ class FCNHead(nn.Module):
         aux_in_feature: str = "",
         aux_conv_dims: int = 256,
         aux_loss_weight: float = 0.4,
+        loss_average: str = "all",
     ):
         """
         Args:
@@ -211,7 +213,13 @@ class FCNHead(nn.Module):
             aux_in_feature: feature of the auxiliary FCN during training ("" for none; "res4").
             aux_conv_dims: channels of the auxiliary FCN's one conv (256).
             aux_loss_weight: weight of ``loss_sem_seg_aux`` (0.4).
+            loss_average: "all": cross-entropy summed over the labelled pixels, divided by all
+                pixels of the (padded) batch, ignored ones included (mmsegmentation up to 0.21,
+                which DenseCL and the release ran); "valid": divided by the labelled pixels
+                (Detectron2's heads, mmsegmentation's later ``avg_non_ignore``).
         """
+        if loss_average not in ("all", "valid"):
+            raise ValueError(f"loss_average {loss_average!r}: 'all' or 'valid'")
         super().__init__()
         self.in_feature = in_feature
         self.aux_in_feature = aux_in_feature
@@ -219,6 +227,7 @@ class FCNHead(nn.Module):
         self.loss_weight = loss_weight
         self.aux_loss_weight = aux_loss_weight
         self.align_corners = align_corners
+        self.loss_average = loss_average
         self.decode = _FCN(input_shape[in_feature].channels, conv_dims, num_convs, concat_input,
                            dropout, num_classes, norm)
         self.aux = None
@@ -247,6 +256,7 @@ class FCNHead(nn.Module):
             "aux_in_feature": f.AUX_IN_FEATURE,
             "aux_conv_dims": f.AUX_CONVS_DIM,
             "aux_loss_weight": f.AUX_LOSS_WEIGHT,
+            "loss_average": f.LOSS_AVERAGE,
         }
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -256,7 +266,10 @@ class FCNHead(nn.Module):
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+        if self.loss_average == "valid":
+            return F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+        total = F.cross_entropy(logits, targets, ignore_index=self.ignore_value, reduction="sum")
+        return total / targets.numel()
 
     def forward(
         self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None
