@@ -41,7 +41,6 @@ def add_ssprl_config(cfg: CN) -> None:
     _add_throughput_config(cfg)
     _add_probe_config(cfg)
     _add_semseg_fcn_config(cfg)
-    _add_semseg_fcn_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -342,46 +341,6 @@ def _add_throughput_config(cfg: CN) -> None:
     # pre-training loader: keep the worker processes between passes over the loader (only
     # matters when it is iterated more than once in a process)
     cfg.DATALOADER.SSPRL.PERSISTENT_WORKERS = False
-
-
-def _add_semseg_fcn_config(cfg: CN) -> None:
-    # semantic segmentation as DenseCL and the SS-PRL release ran it (mmsegmentation's FCN on a
-    # dilated ResNet, poly schedule, its training pipeline); read by ssprl_d2/modeling/
-    # semantic_fcn.py, ssprl_d2/data/semseg.py and ssprl_d2/engine/finetune.py
-    # dilation of res4 in build_resnet_dilated_backbone (1: strided; R50-D8: 2, with
-    # MODEL.RESNETS.RES5_DILATION 4); the name of Detectron2's DeepLab project
-    cfg.MODEL.RESNETS.RES4_DILATION = 1
-    cfg.MODEL.FCN = CN()
-    _C = cfg.MODEL.FCN
-    # FCNHead: 3x3 conv-norm-ReLU layers before the classifier (width MODEL.SEM_SEG_HEAD.CONVS_DIM)
-    _C.NUM_CONVS = 2
-    # FCNHead: concatenate the input feature to the convs' output, then one more conv
-    _C.CONCAT_INPUT = True
-    # FCNHead: Dropout2d probability before the 1x1 classifier
-    _C.DROPOUT = 0.1
-    # align_corners of every logit resize (mmsegmentation: False on VOC, True on Cityscapes 769)
-    _C.ALIGN_CORNERS = False
-    # backbone feature of the auxiliary FCN (one conv, training only); "" for none
-    _C.AUX_IN_FEATURE = "res4"
-    # width of the auxiliary FCN's conv
-    _C.AUX_CONVS_DIM = 256
-    # weight of the auxiliary loss loss_sem_seg_aux
-    _C.AUX_LOSS_WEIGHT = 0.4
-    # SlidingWindowSegmentor test: sliding window [height, width]; [] for the whole image
-    _C.TEST_CROP_SIZE = []
-    # SlidingWindowSegmentor test: window step [height, width] (with TEST_CROP_SIZE)
-    _C.TEST_STRIDE = []
-    cfg.INPUT.SEMSEG = CN()
-    # training pipeline of semantic segmentation: "detectron2" (DatasetMapper: crop of the original
-    # image, resize, flip) or "mmseg" (resize, category-capped crop, flip, photometric distortion)
-    cfg.INPUT.SEMSEG.PIPELINE = "detectron2"
-    # "mmseg": redraw a crop (up to 10 times) while one category covers this fraction or more of
-    # its labelled pixels (mmsegmentation's cat_max_ratio: 0.75); 1.0 accepts every crop
-    cfg.INPUT.SEMSEG.CATEGORY_MAX_AREA = 1.0
-    # SOLVER.LR_SCHEDULER_NAME "PolyLR": (BASE_LR - BASE_LR_END) (1 - iter / MAX_ITER)^POWER +
-    # BASE_LR_END (mmsegmentation's poly; its min_lr is Detectron2's SOLVER.BASE_LR_END); the
-    # exponent (mmsegmentation: 0.9), the name of Detectron2's DeepLab project
-    cfg.SOLVER.POLY_LR_POWER = 0.9
 
 
 def _add_semseg_fcn_config(cfg: CN) -> None:
