@@ -88,6 +88,10 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "coco_15k": Benchmark(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014.yaml", _BOX + _MASK,
         "Mask R-CNN R50-FPN, COCO train2014 -> val2014, 15k (the paper's protocol)"),
+    "coco_15k_release": Benchmark(
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_15k_coco2014_release.yaml", _BOX + _MASK,
+        "Mask R-CNN R50-FPN, COCO train2014 -> val2014, 15k at the release's undecayed lr "
+        "(what the paper's figures ran)"),
     "coco_1x": Benchmark(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_coco2017.yaml", _BOX + _MASK,
         "Mask R-CNN R50-FPN, COCO train2017 -> val2017, 1x (90k)"),
@@ -109,6 +113,12 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "cityscapes_semseg": Benchmark(
         "SemanticSegmentation/semantic_R_50_FPN_40k_cityscapes.yaml", _SEMSEG,
         "Semantic FPN R50, Cityscapes fine train -> val, 40k"),
+    "voc_semseg_fcn": Benchmark(
+        "SemanticSegmentation/fcn_R_50_D8_20k_voc12aug.yaml", _SEMSEG,
+        "FCN R50-D8, VOC 2012 train_aug -> val, 20k (DenseCL / the release, mmsegmentation)"),
+    "cityscapes_semseg_fcn": Benchmark(
+        "SemanticSegmentation/fcn_R_50_D8_40k_cityscapes.yaml", _SEMSEG,
+        "FCN R50-D8, Cityscapes fine train -> val, 40k, sliding-window test (DenseCL)"),
     # CPU versions on the embedded dataset (ResNet-18, small images, BN)
     "cpu_mask_rcnn_fpn": Benchmark(
         "quick_schedules/mask_rcnn_R_18_FPN_cpu_synthetic.yaml", _BOX[:2] + _MASK[:2],
@@ -122,13 +132,17 @@ BENCHMARKS: Dict[str, Benchmark] = {
     "cpu_semseg": Benchmark(
         "quick_schedules/semantic_R_18_FPN_cpu_synthetic.yaml", _SEMSEG[:2],
         "Semantic FPN R18, embedded dataset label maps (for VOC / Cityscapes semseg)"),
+    "cpu_semseg_fcn": Benchmark(
+        "quick_schedules/fcn_R_18_D8_cpu_synthetic.yaml", _SEMSEG[:2],
+        "FCN R18-D8, embedded dataset label maps (for VOC / Cityscapes semseg FCN)"),
 }
 SUITES: Dict[str, List[str]] = {
     # what SSL papers report besides the paper's own COCO 15k
     "standard": ["voc_detection", "coco_1x", "coco_c4_1x", "cityscapes_instance", "voc_semseg",
-                 "cityscapes_semseg"],
+                 "cityscapes_semseg", "voc_semseg_fcn", "cityscapes_semseg_fcn"],
     "all": [n for n in BENCHMARKS if not n.startswith("cpu_")],
-    # one CPU version per architecture; cpu_mask_rcnn_c4 is left out to keep the suite short
+    # one CPU version per architecture; cpu_mask_rcnn_c4 and cpu_semseg_fcn are left out to keep
+    # the suite short
     "cpu": ["cpu_semseg", "cpu_faster_rcnn_c4", "cpu_mask_rcnn_fpn"],
 }
 
