@@ -7,24 +7,22 @@ import torch
 from detectron2.modeling import build_model
 from util import REPO, random_batch, tiny_cfg
 
+from ssprl_d2 import study
 from ssprl_d2.study import (
     DEFAULT_PRETRAIN_CONFIG,
     PRETRAINED_VARIANTS,
-    RESULT_FILE,
     VARIANTS,
-    StaleResultError,
     aggregate,
-    cached_result,
-    config_files_sha256,
     evaluate_run,
     finished_records,
-    markdown_table,
     paired_differences,
     paired_table,
     pretrain_config,
     pretrained_checkpoint,
     run_dir,
+    summary_table,
 )
+from ssprl_d2.transfer import RESULT_FILE, StaleResultError, cached_result, config_files_sha256
 
 
 def test_aggregate_mean_and_sample_std():
@@ -35,7 +33,7 @@ def test_aggregate_mean_and_sample_std():
     summary = aggregate(runs)
     assert summary["a"]["linear"] == {"mean": 12.0, "std": 2.0, "n": 3}
     assert summary["b"]["linear"]["std"] == 0.0
-    table = markdown_table(summary, ["linear", "semi"])
+    table = summary_table(summary, ["linear", "semi"])
     assert "| a | 12.0 +- 2.0 (n=3) | - |" in table
 
 
@@ -190,12 +188,12 @@ def test_help_lists_variants_and_protocols(capsys):
     assert "'semi-sup 10% mAP'" in out and "'MLS'" in out
 
 
-def test_random_init_knn_study_end_to_end_and_resumed(tmp_path):
+def test_random_init_knn_study_end_to_end_and_resumed(tmp_path, monkeypatch):
     out, results = tmp_path / "out", tmp_path / "results"
     argv = ["--variants", "random init", "--protocols", "kNN mAP", "--seeds", "0",
             "--out", str(out), "--results", str(results)]
-    study = _run_study()
-    assert study.main(argv) == 0
+    tool = _run_study()
+    assert tool.main(argv) == 0
     stored = json.loads((out / "seed0" / "random_init" / "knn" / "result.json").read_text())
     assert set(stored["metrics"]) == {"kNN mAP"}
     table = (results / "study.md").read_text()
@@ -204,8 +202,8 @@ def test_random_init_knn_study_end_to_end_and_resumed(tmp_path):
     def must_not_run(*args):
         raise AssertionError("a finished job ran again")
 
-    study.knn_map = must_not_run
-    assert study.main(argv) == 0
+    monkeypatch.setattr(study, "trunk_knn_map", must_not_run)
+    assert tool.main(argv) == 0
     summary = json.loads((results / "study.json").read_text())["summary"]
     assert summary["random init"]["kNN mAP"]["mean"] == stored["metrics"]["kNN mAP"]
 
