@@ -154,8 +154,8 @@ def _add_localglobal_config(cfg: CN) -> None:
     _C.STUDENT_TEMP = 0.1
     # tau_t, teacher softmax temperature after the warm-up (the method's paper: 0.04)
     _C.TEACHER_TEMP = 0.04
-    # tau_t at iteration 0, raised linearly to TEACHER_TEMP (DINO's warm-up; DINO's ViT-S/16
-    # recipe is 0.04 -> 0.07 over 30 epochs)
+    # tau_t in the first epoch, raised to TEACHER_TEMP once per epoch along np.linspace over the
+    # warm-up epochs (DINO's warm-up; its README's longer ViT-S/16 runs: 0.04 -> 0.07 over 30)
     _C.WARMUP_TEACHER_TEMP = 0.04
     # epochs of the teacher-temperature warm-up (0: TEACHER_TEMP from the start)
     _C.WARMUP_TEACHER_TEMP_EPOCHS = 0
@@ -262,6 +262,10 @@ def _add_solver_config(cfg: CN) -> None:
     # weight decay at the last iteration, reached by a cosine from SOLVER.WEIGHT_DECAY (DINO:
     # 0.04 -> 0.4); negative keeps SOLVER.WEIGHT_DECAY constant
     _C.WEIGHT_DECAY_END = -1.0
+    # SOLVER.LR_SCHEDULER_NAME "WarmupThenCosineLR" (ssprl_d2/engine/schedules.py): the cosine
+    # changes once every COSINE_STEP_ITERS iterations after the warm-up; 1: every iteration
+    # (DINO, SwAV, the release), one epoch of iterations: MoCo v2's per-epoch cosine
+    _C.COSINE_STEP_ITERS = 1
     # fine-tuning with OPTIMIZER "AdamW" (ViTDet): learning-rate factor per ViT block from the
     # top, lr x LAYER_DECAY^(depth + 1 - layer) (ViTDet ViT-B: 0.7); 1.0 switches it off
     _C.LAYER_DECAY = 1.0

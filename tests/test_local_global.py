@@ -90,7 +90,9 @@ def test_teacher_schedules():
     assert cosine_schedule(0.04, 0.4, 100, 100) == pytest.approx(0.4)
     hook = TeacherScheduleHook(0.996, 1.0, 0.04, 0.07, 10, 100)
     assert hook.values(0) == pytest.approx((0.996, 0.04))
-    assert hook.values(5)[1] == pytest.approx(0.055)
+    # DINO's np.linspace(0.04, 0.07, 10): the warm-up's last step (9) is already at 0.07
+    assert hook.values(5)[1] == pytest.approx(0.04 + 0.03 * 5 / 9)
+    assert hook.values(9)[1] == pytest.approx(0.07)
     assert hook.values(10)[1] == pytest.approx(0.07) and hook.values(99)[1] == pytest.approx(0.07)
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "WeightDecayScheduleHook",
     "TeacherScheduleHook",
     "cosine_schedule",
+    "linspace_warmup",
     "unwrap_model",
 ]
 
@@ -43,6 +44,23 @@ def cosine_schedule(start: float, end: float, iteration: int, max_iter: int) -> 
     """end + (start - end) (1 + cos(pi t / T)) / 2: ``start`` at t = 0, ``end`` at t = T."""
     progress = min(max(iteration / max(max_iter, 1), 0.0), 1.0)
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def linspace_warmup(start: float, end: float, step: int, warmup_steps: int) -> float:
+    """``np.linspace(start, end, warmup_steps)[step]`` during the warm-up, then ``end``: DINO's
+    teacher temperature, whose warm-up epochs end at ``end`` (``DINOLoss.teacher_temp_schedule``).
+
+    Args:
+        start, end: first and last value of the warm-up.
+        step: the index (DINO: the epoch).
+        warmup_steps: length of the warm-up (0: ``end`` throughout).
+
+    Returns:
+        the value at ``step``.
+    """
+    if step >= warmup_steps:
+        return end
+    return start + (end - start) * (step / (warmup_steps - 1) if warmup_steps > 1 else 0.0)
 
 
 class NormalizePrototypesHook(HookBase):
@@ -162,7 +180,8 @@ class RankStateHook(HookBase):
 
 
 class WeightDecayScheduleHook(HookBase):
-    """Cosine weight decay (DINO: 0.04 -> 0.4) on the parameter groups that have weight decay.
+    """Cosine weight decay (DINO: 0.04 -> 0.4, per iteration over the whole run, no warm-up) on
+    the parameter groups that have weight decay.
 
     Acts on the groups the optimiser builder flagged ``"scheduled_weight_decay"`` (biases and
     norms keep 0).
@@ -171,8 +190,12 @@ class WeightDecayScheduleHook(HookBase):
     def __init__(self, start: float, end: float, max_iter: int):
         self.start, self.end, self.max_iter = start, end, max_iter
 
+    def value(self, iteration: int) -> float:
+        """The weight decay at ``iteration``."""
+        return cosine_schedule(self.start, self.end, iteration, self.max_iter)
+
     def before_step(self):
-        value = cosine_schedule(self.start, self.end, self.trainer.iter, self.max_iter)
+        value = self.value(self.trainer.iter)
         for group in self.trainer.optimizer.param_groups:
             if group.get("scheduled_weight_decay", False):
                 group["weight_decay"] = value
@@ -180,8 +203,9 @@ class WeightDecayScheduleHook(HookBase):
 
 
 class TeacherScheduleHook(HookBase):
-    """Sets the model's ``momentum`` (cosine, DINO: 0.996 -> 1) and ``teacher_temp`` (linear
-    warm-up, then constant) before every iteration."""
+    """Sets the model's ``momentum`` (cosine per iteration, DINO: 0.996 -> 1, no warm-up) and
+    ``teacher_temp`` (DINO: a linear warm-up set once per epoch, ``np.linspace`` over the warm-up
+    epochs, then constant) before every iteration."""
 
     def __init__(
         self,
@@ -191,18 +215,28 @@ class TeacherScheduleHook(HookBase):
         temp: float,
         warmup_iters: int,
         max_iter: int,
+        iters_per_epoch: int = 1,
     ):
+        """
+        Args:
+            momentum, momentum_end: EMA momentum at the first and the last iteration.
+            warmup_temp, temp: teacher temperature at the start and after the warm-up.
+            warmup_iters: iterations of the temperature warm-up (warm-up epochs x
+                ``iters_per_epoch``).
+            max_iter: iterations of the momentum cosine.
+            iters_per_epoch: the temperature changes once per epoch of this many iterations.
+        """
         self.momentum, self.momentum_end = momentum, momentum_end
         self.warmup_temp, self.temp, self.warmup_iters = warmup_temp, temp, warmup_iters
-        self.max_iter = max_iter
+        self.max_iter, self.iters_per_epoch = max_iter, max(iters_per_epoch, 1)
 
     def values(self, iteration: int) -> tuple:
         """(momentum, teacher temperature) at ``iteration``."""
         momentum = cosine_schedule(self.momentum, self.momentum_end, iteration, self.max_iter)
-        if self.warmup_iters > 0 and iteration < self.warmup_iters:
-            temp = self.warmup_temp + (self.temp - self.warmup_temp) * iteration / self.warmup_iters
-        else:
-            temp = self.temp
+        temp = linspace_warmup(
+            self.warmup_temp, self.temp, iteration // self.iters_per_epoch,
+            self.warmup_iters // self.iters_per_epoch,
+        )
         return momentum, temp
 
     def before_step(self):

@@ -151,7 +151,7 @@ def build_pretrain_hooks(cfg, dataset_size: int, model: nn.Module) -> List[HookB
         hooks.append(
             TeacherScheduleHook(
                 teacher.momentum, teacher.momentum_end, teacher.warmup_temp, teacher.temp,
-                teacher.warmup_temp_epochs * epoch, max_iter,
+                teacher.warmup_temp_epochs * epoch, max_iter, iters_per_epoch=epoch,
             )
         )
         freeze = teacher.freeze_last_layer_epochs * epoch

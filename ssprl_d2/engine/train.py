@@ -71,6 +71,7 @@ from .checkpoint import AtomicDetectionCheckpointer, verify_loaded_weights
 from .finetune import build_finetune_lr_scheduler, build_finetune_optimizer
 from .hooks import unwrap_model
 from .pretrain import build_pretrain_hooks, build_pretrain_optimizer
+from .schedules import build_warmup_then_cosine_lr
 
 __all__ = ["Trainer", "argument_parser", "cli", "main", "setup"]
 
@@ -148,7 +149,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        # Detectron2's schedules, and "PolyLR" (mmsegmentation's poly with an end lr)
+        # Detectron2's schedules, "PolyLR" (mmsegmentation's poly with an end lr) and
+        # "WarmupThenCosineLR" (the pre-training references' cosine after the warm-up)
+        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupThenCosineLR":
+            return build_warmup_then_cosine_lr(cfg, optimizer)
         return build_finetune_lr_scheduler(cfg, optimizer)
 
     @classmethod
