@@ -7,7 +7,7 @@ exactly what a user runs; ``tools/run_study.py`` is its command line, :func:`run
 The study is resumable: every evaluation job of a (variant, seed) run is cached in
 ``<run_dir>/<job>/result.json`` with the settings that made it (the project's one result cache,
 :func:`ssprl_d2.transfer.cached_result`), fine-tuning jobs run through the project's one
-fine-tune runner (:func:`ssprl_d2.transfer.train_and_evaluate`, the transfer suite's and the
+fine-tune runner (:func:`ssprl_d2.transfer.finetune_and_evaluate`, the transfer suite's and the
 demo's), and :func:`pretrained_checkpoint` keeps a pre-training's ``model_final.pth`` the same way.
 """
 import functools
@@ -26,14 +26,13 @@ from .atomic import atomic_write_bytes
 from .tables import markdown_table, mean_std, stat_cell
 from .transfer import (
     REPO,
-    RESULT_FILE,
     StaleResultError,
     cached_result,
     check_spec,
     config_files_sha256,
+    finetune_and_evaluate,
     read_result,
     run_train_net,
-    train_and_evaluate,
 )
 
 __all__ = [
@@ -428,10 +427,12 @@ def _evaluate(seed: int, directory: str, job: str, trunk: Callable[[], str],
     opts = [*extra, "SEED", str(seed), *NO_CHECKPOINTS]
     if job == "maskrcnn":
         opts += ["SOLVER.MAX_ITER", str(_iters(config, settings.det_iters))]
-        res = train_and_evaluate(config, os.path.join(directory, job), trunk(), opts)
-        return {"box AP": float(res["bbox"]["AP"]), "mask AP": float(res["segm"]["AP"])}
-    res = train_and_evaluate(config, os.path.join(directory, job), trunk(),
-                             opts + _eval_opts(job, settings))
+    else:
+        opts += _eval_opts(job, settings)
+    # cached by evaluate_run under the study's own settings
+    res = finetune_and_evaluate(config, os.path.join(directory, job), trunk(), opts, cache=False)
+    if job == "maskrcnn":
+        return _box_mask_ap(res)
     protocol = next(p for p, j in PROTOCOL_JOBS.items() if j == job)
     return {protocol: float(res["multilabel"]["mAP"])}
 
@@ -576,9 +577,10 @@ def run_vit_study(settings: StudySettings) -> str:
             res = cached_result(
                 os.path.join(vit_dir, "maskrcnn"),
                 _vit_spec(variant, seed, "maskrcnn", pre_iters, ft_iters),
-                lambda w=weights, s=seed, d=vit_dir: _box_mask_ap(train_and_evaluate(
+                lambda w=weights, s=seed, d=vit_dir: _box_mask_ap(finetune_and_evaluate(
                     ft_config, os.path.join(d, "maskrcnn"), w,
-                    ["SEED", str(s), "SOLVER.MAX_ITER", str(ft_iters), *NO_CHECKPOINTS])))
+                    ["SEED", str(s), "SOLVER.MAX_ITER", str(ft_iters), *NO_CHECKPOINTS],
+                    cache=False)))
             metrics = {**probe, **res}
             runs += [{"variant": variant, "seed": seed, "protocol": name, "mAP": float(value)}
                      for name, value in metrics.items()]

@@ -3,15 +3,15 @@
 Benchmarks: each a fine-tuning config and its random-init twin (:data:`BENCHMARKS`, grouped in
 :data:`SUITES`); ``tools/run_transfer.py`` is their command line.
 
-Runner: :func:`train_and_evaluate` runs the public command (``tools/train_net.py``, i.e.
+Runner: :func:`finetune_and_evaluate` runs the public command (``tools/train_net.py``, i.e.
 :mod:`ssprl_d2.engine.train`, in a subprocess, so it measures exactly what a user runs):
 fine-tune with ``--resume`` (an interrupted run continues from its last checkpoint), then
 ``--eval-only`` on ``model_final.pth``. Cache: :func:`cached_result` keeps a job's metrics with
 the settings that made them in ``<job folder>/result.json``; a finished job is read back, one made
-with other settings stops the caller (:class:`StaleResultError`). :func:`finetune_and_evaluate`
-is the two together; the transfer suite, ``tools/demo.py`` and the study
-(:mod:`ssprl_d2.study`) all fine-tune through them. Random-init runs do not depend on the weights
-and are shared between weight files.
+with other settings stops the caller (:class:`StaleResultError`). The transfer suite,
+``tools/demo.py`` and the study (:mod:`ssprl_d2.study`, under its own settings) all fine-tune
+through them. Random-init runs do not depend on the weights and are shared between weight
+files.
 """
 import hashlib
 import json
@@ -44,7 +44,6 @@ __all__ = [
     "run_spec",
     "run_suite",
     "run_train_net",
-    "train_and_evaluate",
     "train_net_command",
     "transfer_table",
 ]
@@ -340,35 +339,46 @@ class RunFailed(RuntimeError):
     """A fine-tuning or evaluation run exited with an error; the message names its log."""
 
 
-def train_and_evaluate(
+def finetune_and_evaluate(
     config: str,
     output_dir: str,
     weights: Optional[str] = None,
     opts: Sequence[str] = (),
     run: Callable[[Sequence[str]], None] = run_train_net,
+    cache: bool = True,
 ) -> Dict:
     """The one fine-tune runner: train ``config`` (``--resume``: an interrupted run continues
-    from its last checkpoint), then ``--eval-only`` on its ``model_final.pth``.
+    from its last checkpoint), then ``--eval-only`` on its ``model_final.pth``; the result kept in
+    ``OUTPUT_DIR/result.json`` (:func:`cached_result`, spec :func:`run_spec`).
 
     Training runs with ``DATASETS.TEST ()``; the evaluation after it is the run's only one. An
-    evaluation already written for ``model_final.pth`` (``eval_results.json``) is read back.
+    evaluation already written for ``model_final.pth`` (``eval_results.json``) is read back, so
+    a folder finished before ``result.json`` recorded the settings is not run again.
 
     Args:
         config: a config file.
         output_dir: OUTPUT_DIR of the run, absolute or relative to the repository root (where
-            train_net runs).
+            train_net runs; relative ``config`` and ``weights`` too).
         weights: MODEL.WEIGHTS for fine-tuning; None keeps the config's (random init: "").
         opts: further config overrides (``KEY VALUE`` ...), for both commands.
         run: runs one train_net command line (:func:`run_train_net`; the demo shows progress,
             tests replace it).
+        cache: read back / store ``result.json``; False for a caller that caches the run under
+            its own settings (the study's jobs).
 
     Returns:
         Detectron2's evaluation results (``{"bbox": {...}, ...}``).
 
     Raises:
+        StaleResultError: the folder holds a result made with other settings.
         RunFailed: a command exited with an error.
     """
     output_dir = os.path.join(REPO, output_dir)  # unchanged when already absolute
+    if cache:
+        spec = run_spec(os.path.join(REPO, config),
+                        None if weights is None else os.path.join(REPO, weights), opts)
+        return cached_result(output_dir, spec, lambda: finetune_and_evaluate(
+            config, output_dir, weights, opts, run, cache=False))
     done = read_eval_results(output_dir)
     if done is not None:
         # e.g. a run finished before result.json recorded the settings: its evaluation is read
@@ -415,38 +425,6 @@ def run_spec(config: str, weights: Optional[str], opts: Sequence[str]) -> Dict[s
         "weights_sha256": None if weights is None else file_sha256(weights),
         "opts": list(opts),
     }
-
-
-def finetune_and_evaluate(
-    config: str,
-    output_dir: str,
-    weights: Optional[str] = None,
-    opts: Sequence[str] = (),
-    run: Callable[[Sequence[str]], None] = run_train_net,
-) -> Dict:
-    """Fine-tune and evaluate once (:func:`train_and_evaluate`), cached in
-    ``OUTPUT_DIR/result.json`` (:func:`cached_result`, spec :func:`run_spec`).
-
-    A folder of a run finished before results recorded their settings (``eval_results.json``
-    without ``result.json``) is read back and its settings recorded as this call's.
-
-    Args:
-        config: a config file.
-        output_dir: OUTPUT_DIR of the run; relative to the repository root unless absolute.
-        weights: MODEL.WEIGHTS for fine-tuning; None keeps the config's (random init: "").
-        opts: further config overrides (``KEY VALUE`` ...), for both commands.
-        run: runs one train_net command line (replaced in tests).
-
-    Returns:
-        The evaluation results (``{"bbox": {...}, ...}``).
-
-    Raises:
-        StaleResultError: the folder holds a result made with other settings.
-        RunFailed: a command exited with an error.
-    """
-    output_dir = os.path.join(REPO, output_dir)
-    return cached_result(output_dir, run_spec(config, weights, opts),
-                         lambda: train_and_evaluate(config, output_dir, weights, opts, run))
 
 
 def run_suite(

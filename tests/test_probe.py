@@ -22,7 +22,7 @@ from ssprl_d2.evaluation.probe import (
     KNNProbe,
     build_probe_model,
     chance_map,
-    extract_features,
+    classifier_features,
     knn_map,
     knn_probe,
     knn_scores,
@@ -103,9 +103,9 @@ def test_features_of_a_checkpoint_and_of_its_exported_trunk_are_equal(tiny_datas
 
     cfg = _probe_cfg(tiny_dataset)
     loader = build_multilabel_test_loader(cfg, tiny_dataset)
-    from_ckpt, labels = extract_features(build_probe_model(cfg, ckpt), loader)
-    from_pkl, labels2 = extract_features(build_probe_model(cfg, pkl), loader)
-    random_x, _ = extract_features(build_probe_model(cfg, None, seed=0), loader)
+    from_ckpt, labels = classifier_features(build_probe_model(cfg, ckpt), loader)
+    from_pkl, labels2 = classifier_features(build_probe_model(cfg, pkl), loader)
+    random_x, _ = classifier_features(build_probe_model(cfg, None, seed=0), loader)
     assert from_ckpt.shape == (6, 512) and labels.shape == (6, 8)
     assert torch.equal(labels, labels2)
     assert torch.allclose(from_ckpt, from_pkl, atol=1e-5)
@@ -207,10 +207,10 @@ def test_recomputed_bn_makes_the_probe_independent_of_stored_statistics(tiny_dat
     def features(path, recompute):
         model = build_probe_model(cfg, path)
         if not recompute:
-            return extract_features(model, loader)[0]
+            return classifier_features(model, loader)[0]
         with recalibrated_bn(model.backbone,
                              lambda b: model.pooled_features(model.preprocess(b)), loader):
-            return extract_features(model, loader)[0]
+            return classifier_features(model, loader)[0]
 
     assert torch.allclose(features(paths[0], True), features(paths[1], True), atol=1e-4)
     assert not torch.allclose(features(paths[0], False), features(paths[1], False), atol=1e-3)

@@ -260,3 +260,51 @@ def test_a_result_recorded_before_config_hashing_is_trusted_by_its_config_name(t
     with pytest.raises(StaleResultError):
         cached_result(str(job), {**new, "pretrain": {**new["pretrain"], "iters": 80}},
                       lambda: {"m": 0.0})
+
+
+def _must_not_run(args):
+    raise AssertionError(f"train_net ran: {args}")
+
+
+def test_one_runner_reads_an_old_finished_folder_back_then_guards_its_settings(tmp_path):
+    """A fine-tune folder from before result.json (only train_net's eval_results.json) is read
+    back without running anything and its settings recorded; other weights bytes or overrides at
+    the same paths are then another run (StaleResultError), not a silent reuse."""
+    from ssprl_d2.transfer import finetune_and_evaluate
+
+    config = os.path.join(REPO, "configs", "quick_schedules",
+                          "faster_rcnn_R_18_C4_cpu_synthetic.yaml")
+    weights, out = tmp_path / "w.pkl", tmp_path / "run"
+    weights.write_bytes(b"trunk")
+    out.mkdir()
+    results = {"bbox": {"AP": 12.5, "AP50": 30.0}}
+    (out / "model_final.pth").write_bytes(b"x")
+    (out / "eval_results.json").write_text(json.dumps(
+        {"weights": str(out / "model_final.pth"), "results": results}))
+    opts = ["SOLVER.MAX_ITER", "2"]
+    assert finetune_and_evaluate(config, str(out), str(weights), opts, _must_not_run) == results
+    stored = json.loads((out / RESULT_FILE).read_text())
+    assert stored["metrics"] == results and stored["spec"]["opts"] == opts
+    assert stored["spec"]["weights_sha256"] == (
+        "3e341d2d9c67be01819b25b25d5e53ea3cdf3a38d28846cda85a195eb9b7203a")  # sha256sum of "trunk"
+    # read back from result.json now, even without train_net's file
+    (out / "eval_results.json").unlink()
+    assert finetune_and_evaluate(config, str(out), str(weights), opts, _must_not_run) == results
+    with pytest.raises(StaleResultError, match="another --out"):
+        finetune_and_evaluate(config, str(out), str(weights), ["SOLVER.MAX_ITER", "3"],
+                              _must_not_run)
+    weights.write_bytes(b"another trunk")  # exported again from another pre-training
+    with pytest.raises(StaleResultError):
+        finetune_and_evaluate(config, str(out), str(weights), opts, _must_not_run)
+
+
+def test_the_study_and_transfer_tables_come_from_one_writer():
+    from ssprl_d2.tables import markdown_table, stat_cell
+
+    assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        markdown_table(["a", "b"], [["1"]])
+    s = {"mean": 2.0, "std": 2 ** 0.5, "n": 2}
+    assert stat_cell(s) == "2.0 +- 1.4 (n=2)"
+    assert stat_cell(s, signed=True, detail="+1.0 / +3.0") == "+2.0 +- 1.4 (n=2: +1.0 / +3.0)"
+    assert stat_cell({"mean": 2.0, "std": 0.0, "n": 1}, bare_single=True) == "2.0"

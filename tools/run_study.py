@@ -35,7 +35,7 @@ linear classifier) and fine-tuned as ViTDet Mask R-CNN (box and mask AP on ssprl
 Writes results/study_vit.json and results/study_vit.md; resumable as the main section.
 
 The logic is ssprl_d2.study (run_study, run_vit_study); fine-tuning jobs run through the transfer
-suite's runner (ssprl_d2.transfer.train_and_evaluate: train_net with --resume, then --eval-only
+suite's runner (ssprl_d2.transfer.finetune_and_evaluate: train_net with --resume, then --eval-only
 on model_final.pth, each a subprocess whose output is Detectron2's log) and every job's result
 is cached by ssprl_d2.transfer.cached_result.
 """

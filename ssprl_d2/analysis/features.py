@@ -150,6 +150,10 @@ def extract_features(
 ) -> ImageFeatures:
     """Pooled trunk features of whole images and, for prototype models, every scale's embeddings.
 
+    The analysis report's features, through the pre-trainer's own ``inference`` and heads; the
+    probes' (a ``MultiLabelClassifier`` on a loader, with labels) are
+    :func:`ssprl_d2.evaluation.probe.classifier_features`.
+
     Args:
         model: a pre-training meta-architecture whose ``inference`` takes dicts with ``"image"``
             (uint8 CHW RGB) and returns dicts with ``"features"``; put in eval mode here.

@@ -30,7 +30,7 @@ __all__ = [
     "chance_map",
     "probe_cfg",
     "build_probe_model",
-    "extract_features",
+    "classifier_features",
     "PairedProbeResult",
     "KNNProbeResult",
     "ProbeFeatures",
@@ -185,8 +185,12 @@ def build_probe_model(cfg, weights: Optional[str], seed: int = 0) -> torch.nn.Mo
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
+def classifier_features(model: torch.nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pooled trunk features and multi-hot labels of every image a multi-label loader yields.
+
+    The probes' features (a classifier's trunk on the test transform); the analysis report's,
+    through a pre-trainer's own inference and heads, are
+    :func:`ssprl_d2.analysis.features.extract_features`.
 
     Args:
         model: a ``MultiLabelClassifier`` (its ``pooled_features`` and ``preprocess``).
