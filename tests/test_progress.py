@@ -38,6 +38,8 @@ def test_detectron2_lines_parse_into_progress():
     line = "[12/04 d2.utils.events]:  eta: 0:01:02  iter: 39  total_loss: 2.1  lr: 0.1"
     assert parse_progress(line, 150) == Progress("iter", 40, 150, "0:01:02")
     assert parse_progress(line, 150).text() == "iter 40/150 (27 %), eta 0:01:02"
+    # a run resumed at its end: its writers' last line names a later iteration
+    assert parse_progress("eta: 0:00:00  iter: 151  total_loss: 2.1", 150).done == 150
     assert parse_progress("  MAX_ITER: 150", 150) is None
     assert parse_progress("max_iter: 150 ", 150) is None
     inference = "Inference done 11/50. Dataloading: 0.01 s/iter. Total: 0.1 s/iter. ETA=0:00:05"

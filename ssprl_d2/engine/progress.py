@@ -76,7 +76,10 @@ def parse_progress(line: str, total_iters: Optional[int] = None) -> Optional[Pro
         return Progress("images", int(m["done"]), int(m["total"]), m["eta"])
     m = _TRAIN.search(line)
     if m:
-        return Progress("iter", int(m["iter"]) + 1, total_iters, m["eta"])
+        # a run resumed at its end prints its writers' last line with a later iteration
+        done = int(m["iter"]) + 1
+        return Progress("iter", min(done, total_iters) if total_iters else done, total_iters,
+                        m["eta"])
     m = _TQDM.search(line)
     if m:
         eta = None if "?" in m["eta"] else m["eta"]
