@@ -58,6 +58,7 @@ def test_a_line_every_tenth_then_done_and_the_full_output_in_the_log(tmp_path):
                                 stream=out, tty=False, clock=_ticks())
     assert seconds == 65.0
     assert out.getvalue().splitlines() == [
+        "[demo 2/6] pre-training: starting",
         "[demo 2/6] pre-training: iter 5/20 (25 %), eta 0:00:15",
         "[demo 2/6] pre-training: iter 10/20 (50 %), eta 0:00:10",
         "[demo 2/6] pre-training: iter 15/20 (75 %), eta 0:00:05",
@@ -74,7 +75,7 @@ def test_a_line_every_tenth_then_done_and_the_full_output_in_the_log(tmp_path):
 def test_on_a_terminal_one_line_is_redrawn_in_place(tmp_path):
     out = io.StringIO()
     run_with_progress([sys.executable, "-c", FAKE_TRAIN_NET], "train", str(tmp_path / "l.log"),
-                      total_iters=20, stream=out, tty=True, clock=_ticks())
+                      total_iters=20, stream=out, tty=True, clock=_ticks(), tick=None)
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n")
     frames = [f.rstrip() for f in text.rstrip("\n").split("\r")[1:]]
@@ -95,9 +96,19 @@ def test_a_failure_prints_the_log_tail_and_its_path_and_raises(tmp_path):
                           stream=out, tty=False, clock=_ticks())
     assert e.value.returncode == 3 and e.value.log_path == str(log)
     lines = out.getvalue().splitlines()
-    assert lines[0] == ("[demo 3/6] export: failed (exit status 3) after 1 min 05 s; the last "
-                        "lines of its log:")
-    assert lines[1:31] == [f"    line {i}" for i in range(10, 40)]
-    assert lines[31:] == [f"full log: {log}"]
+    assert lines[:2] == ["[demo 3/6] export: starting",
+                         "[demo 3/6] export: failed (exit status 3) after 1 min 05 s; the last "
+                         "lines of its log:"]
+    assert lines[2:32] == [f"    line {i}" for i in range(10, 40)]
+    assert lines[32:] == [f"full log: {log}"]
     body = log.read_text().split("\n", 3)[3]  # after the command line (three lines here)
     assert body.splitlines() == [f"line {i}" for i in range(40)]
+
+
+def test_a_silent_command_on_a_terminal_shows_the_elapsed_time(tmp_path):
+    out = io.StringIO()
+    run_with_progress([sys.executable, "-c", "import time; time.sleep(1.5)"], "probe",
+                      str(tmp_path / "l.log"), stream=out, tty=True, clock=_ticks(), tick=0.5)
+    frames = [f.rstrip() for f in out.getvalue().rstrip("\n").split("\r")[1:]]
+    assert frames[0] == "probe: starting  [0 s]" and frames[-1] == "probe: done (1 min 05 s)"
+    assert "probe: starting  [1 s]" in frames  # redrawn while the command printed nothing

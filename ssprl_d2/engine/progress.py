@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -111,32 +112,56 @@ class StageFailed(RuntimeError):
 
 
 class _StatusLine:
-    """Redraws one line on a terminal; elsewhere prints a line every tenth of the way."""
+    """Redraws one line on a terminal (with the elapsed time when ``clock`` is given, refreshed
+    by :meth:`tick`); elsewhere prints the first text and then a line every tenth of the way."""
 
-    def __init__(self, stream: TextIO, tty: bool):
-        self.stream, self.tty = stream, tty
-        self.shown = ""
-        self.decile = -1
+    def __init__(self, stream: TextIO, tty: bool, clock: Optional[Callable[[], float]] = None):
+        self.stream, self.tty, self.clock = stream, tty, clock
+        self.start = clock() if clock else 0.0
+        self.lock = threading.Lock()
+        self.text, self.shown = "", ""
+        self.decile: Optional[int] = None
+
+    def _draw(self) -> None:
+        text = self.text
+        if self.clock:
+            text += f"  [{format_duration(self.clock() - self.start)}]"
+        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
+        if text != self.shown:
+            self.stream.write("\r" + text.ljust(len(self.shown)))
+            self.stream.flush()
+            self.shown = text
 
     def update(self, text: str, fraction: Optional[float]) -> None:
-        if self.tty:
-            width = max(20, shutil.get_terminal_size().columns - 1)
-            text = text[:width]
-            if text != self.shown:
-                self.stream.write("\r" + text.ljust(len(self.shown)))
+        with self.lock:
+            self.text = text
+            if self.tty:
+                self._draw()
+                return
+            decile = -1 if fraction is None else int(10 * fraction)
+            if self.decile is None or (fraction is not None and decile > self.decile):
+                self.decile = decile
+                self.stream.write(text + "\n")
                 self.stream.flush()
-                self.shown = text
-        elif fraction is not None and int(10 * fraction) > self.decile:
-            self.decile = int(10 * fraction)
-            self.stream.write(text + "\n")
-            self.stream.flush()
+
+    def tick(self) -> None:
+        """Redraw with the current elapsed time (terminal only)."""
+        with self.lock:
+            if self.tty:
+                self._draw()
 
     def finish(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r" + text.ljust(len(self.shown)) + "\n")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with self.lock:
+            if self.tty:
+                self.stream.write("\r" + text.ljust(len(self.shown)) + "\n")
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def _tick_until(stop: threading.Event, interval: float, status: _StatusLine) -> None:
+    while not stop.wait(interval):
+        status.tick()
 
 
 def _tail(path: str, lines: int) -> Sequence[str]:
@@ -155,6 +180,7 @@ def run_with_progress(
     tty: Optional[bool] = None,
     tail_lines: int = 30,
     clock: Callable[[], float] = time.monotonic,
+    tick: Optional[float] = 1.0,
 ) -> float:
     """Run ``cmd`` with its output (stdout and stderr) in ``log_path`` and one status line.
 
@@ -173,6 +199,8 @@ def run_with_progress(
         tty: redraw in place (default: whether ``stream`` is a terminal).
         tail_lines: how many of the log's last lines a failure prints.
         clock: seconds, for the duration (replaced in tests).
+        tick: on a terminal, redraw the line with the elapsed time this often (seconds; None:
+            only when the progress changes, without the elapsed time).
 
     Returns:
         the command's run time in seconds.
@@ -184,8 +212,13 @@ def run_with_progress(
     tty = stream.isatty() if tty is None else tty
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    status = _StatusLine(stream, tty)
+    status = _StatusLine(stream, tty, time.monotonic if tty and tick else None)
     status.update(f"{label}: starting", None)
+    stop = threading.Event()
+    # a command silent for minutes (a probe, model building) still shows that it is alive
+    ticker = threading.Thread(target=_tick_until, args=(stop, tick, status), daemon=True)
+    if tty and tick:
+        ticker.start()
     start = clock()
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
@@ -202,6 +235,9 @@ def run_with_progress(
                     status.update(f"{label}: {progress.text()}", progress.fraction)
             returncode = proc.wait()
         finally:
+            stop.set()
+            if ticker.is_alive():
+                ticker.join()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
