@@ -308,3 +308,40 @@ def test_the_study_and_transfer_tables_come_from_one_writer():
     assert stat_cell(s) == "2.0 +- 1.4 (n=2)"
     assert stat_cell(s, signed=True, detail="+1.0 / +3.0") == "+2.0 +- 1.4 (n=2: +1.0 / +3.0)"
     assert stat_cell({"mean": 2.0, "std": 0.0, "n": 1}, bare_single=True) == "2.0"
+
+
+def test_fine_tune_jobs_run_the_one_runner_with_the_studys_options(tmp_path, monkeypatch):
+    """Each fine-tuning job is one finetune_and_evaluate call (cached by the study itself) with
+    the options the study always used; its metric is the runner's final evaluation."""
+    calls = []
+
+    def runner(config, output_dir, weights, opts, cache=True):
+        calls.append((os.path.basename(config), os.path.relpath(output_dir, tmp_path), weights,
+                      list(opts), cache))
+        return {"multilabel": {"mAP": 41.5}, "bbox": {"AP": 7.25}, "segm": {"AP": 6.5}}
+
+    monkeypatch.setattr(study, "finetune_and_evaluate", runner)
+    settings = study.StudySettings(seeds=[3], variants=["random init"], eval_iters=60,
+                                   det_iters=20, out=str(tmp_path))
+    records = evaluate_run(
+        "random init", 3, str(tmp_path), ["linear mAP", "semi-sup 10% mAP", "box AP", "mask AP"],
+        lambda j: study.job_spec("random init", 3, j, settings),
+        lambda j: study._evaluate(3, str(tmp_path), j, lambda: "", settings))
+    assert [(r["protocol"], r["mAP"]) for r in records] == [
+        ("linear mAP", 41.5), ("semi-sup 10% mAP", 41.5), ("box AP", 7.25), ("mask AP", 6.5)]
+    keep = ["SOLVER.CHECKPOINT_PERIOD", "100000"]
+    assert calls == [
+        ("multilabel_linear_R_18_cpu_synthetic.yaml", "linear", "",
+         ["SEED", "3", *keep, "SOLVER.MAX_ITER", "60"], False),
+        ("multilabel_semisup_R_18_cpu_synthetic.yaml", "semi-sup", "",
+         ["DATASETS.MULTILABEL.TRAIN_FRACTION", "0.1", "DATASETS.MULTILABEL.SUBSET_SEED", "0",
+          "SEED", "3", *keep, "SOLVER.MAX_ITER", "60"], False),
+        ("mask_rcnn_R_18_FPN_cpu_synthetic.yaml", "maskrcnn", "",
+         ["SEED", "3", *keep, "SOLVER.MAX_ITER", "20"], False),
+    ]
+    # cached under the study's settings: a second pass runs nothing
+    calls.clear()
+    evaluate_run("random init", 3, str(tmp_path), ["linear mAP"],
+                 lambda j: study.job_spec("random init", 3, j, settings),
+                 lambda j: study._evaluate(3, str(tmp_path), j, lambda: "", settings))
+    assert calls == []
