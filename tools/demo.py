@@ -91,10 +91,15 @@ def main(argv=None) -> int:
     paths = Paths(args.out)
     print(f"make demo: SS-PRL on the embedded dataset with the CPU schedules; outputs in "
           f"{paths.out}/, every stage's full log in {paths.logs}/", flush=True)
+    from ssprl_d2.transfer import StaleResultError
+
     try:
         return _demo(args, paths)
     except StageFailed:
         return 1  # run_with_progress printed the log's tail and its path
+    except StaleResultError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _demo(args, paths: Paths) -> int:
@@ -168,7 +173,7 @@ def _finetune(args, paths: Paths):
             out = out if seed is None else os.path.join(out, f"seed{seed}")
             label = stage(5, f"Mask R-CNN R18-FPN from {name}"
                              + ("" if seed is None else f", seed {seed}"))
-            tag = "5_" + os.path.basename(out if seed is None else os.path.dirname(out)) + (
+            tag = f"5_{os.path.basename(paths.finetune[name])}" + (
                 "" if seed is None else f"_seed{seed}")
             ran = []
 
@@ -181,10 +186,9 @@ def _finetune(args, paths: Paths):
                                   None if evaluating else iters, cwd=REPO, env=env)
 
             # read back where OUTPUT_DIR/result.json exists; an interrupted run resumes
+            weights = os.path.join(REPO, paths.weights) if name == "SS-PRL" else None
             res = finetune_and_evaluate(os.path.join(REPO, "configs", configs[name]), out,
-                                        os.path.join(REPO, paths.weights) if name == "SS-PRL"
-                                        else None, extra,
-                                        run_train_net)
+                                        weights, extra, run_train_net)
             if not ran:
                 print(f"{label}: finished earlier ({os.path.join(out, 'result.json')})",
                       flush=True)
