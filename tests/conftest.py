@@ -25,3 +25,14 @@ def new_name():
             DatasetCatalog.remove(name)
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """24 synthetic training images for train_net runs, and the overrides that register them.
+
+    See tests/train_net_harness.py; one dataset per test module, under a name of its own.
+    """
+    from train_net_harness import small_synthetic_dataset
+
+    return small_synthetic_dataset(str(tmp_path_factory.mktemp("data")))

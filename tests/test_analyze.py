@@ -109,8 +109,34 @@ def test_report_builds_from_tiny_checkpoint(tiny_run):
         summary = json.load(f)
     assert summary["iteration"] == 9 and summary["images"] == 6
     assert summary["num_prototypes"] == [8, 6, 6]
-    assert 0.0 <= summary["knn"]["mAP"] <= 100.0 and summary["knn"]["bank_size"] == 8
+    knn = summary["knn"]
+    assert knn["bank_size"] == 8 and knn["test_size"] == 6 and knn["k"] == 3
+    # chance by hand: classes 1..7 are in 4, 6, 1, 2, 2, 1 and 3 of the 6 evaluated images (class
+    # 8 in none), so the mean positive rate is 19 / (7 * 6)
+    assert knn["chance_mAP"] == pytest.approx(100.0 * 19 / 42)
+    # the report's kNN mAP is the vote of the 8 training images for the 6 evaluated ones on the
+    # checkpoint's pooled features: the same vote on features extracted here gives the same figure
+    assert knn["mAP"] == pytest.approx(_knn_map_of_checkpoint(cfg, k=3), abs=1e-9)
     assert summary["collapse_spans"]["ssprl/pred_entropy_s0"] == [[0, 3]]
+
+
+def _knn_map_of_checkpoint(cfg, k):
+    """kNN mAP of DATASETS.TEST[0] voted by DATASETS.TRAIN[0], on MODEL.WEIGHTS' pooled features."""
+    from ssprl_d2.analysis.features import extract_features
+    from ssprl_d2.analysis.runner import load_pretrained
+    from ssprl_d2.data.dataset_mapper import multilabel_targets
+
+    model, _ = load_pretrained(cfg)
+    classes = MetadataCatalog.get(cfg.DATASETS.TEST[0]).thing_classes
+    feats, labels = [], []
+    for name in (cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]):
+        dicts = DatasetCatalog.get(name)
+        f = extract_features(model, dicts, cfg.INPUT.SSPRL.SIZE_CROPS[0], with_embeddings=False,
+                             desc=None)
+        feats.append(f.features)
+        labels.append(np.stack([multilabel_targets(dicts[i], len(classes))
+                                for i in f.dataset_index]))
+    return knn_multilabel_map(feats[0], labels[0], feats[1], labels[1], classes, k)["mAP"]
 
 
 def test_tool_refuses_missing_weights(tiny_run, tmp_path):
@@ -268,7 +294,7 @@ def test_prototype_helpers():
 
 
 def test_mls_report_shows_pseudo_positives_instead_of_prototypes(tiny_run):
-    from test_mls import mls_tiny_cfg
+    from util import mls_tiny_cfg
 
     cfg, tmp = tiny_run
     mls_cfg = mls_tiny_cfg()
@@ -285,4 +311,6 @@ def test_mls_report_shows_pseudo_positives_instead_of_prototypes(tiny_run):
     assert "pseudo_positives.png" in refs and "tsne_prototypes.png" not in refs
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert 0.0 <= summary["pseudo_positive_precision"] <= 100.0
+    # class 2 is in every one of the 6 analysed images (test_report_builds_from_tiny_checkpoint
+    # counts them): every pseudo-positive shares a label with its query
+    assert summary["pseudo_positive_precision"] == 100.0

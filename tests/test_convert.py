@@ -161,7 +161,7 @@ def test_tool_reports_and_exits_non_zero_without_writing(ssprl_r18_checkpoint, t
 def test_mls_export_takes_the_key_encoder_by_default_and_loads_into_mask_rcnn(tmp_path, network):
     """MLS checkpoints hold two trunks: the momentum (key) encoder by default, the query trunk
     with ``network="student"``; the other one and every head are dropped."""
-    from test_mls import mls_tiny_cfg
+    from util import mls_tiny_cfg
 
     torch.manual_seed(0)
     pretrainer = _trained_like(build_model(mls_tiny_cfg()))
@@ -199,7 +199,7 @@ def test_mls_export_takes_the_key_encoder_by_default_and_loads_into_mask_rcnn(tm
 
 # ---------------------------------------------------------------------------- ViT
 def _localglobal_cfg():
-    from test_local_global import LG_CPU_CONFIG
+    from util import LG_CPU_CONFIG
 
     cfg = get_cfg()
     add_ssprl_config(cfg)

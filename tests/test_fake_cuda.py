@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-from test_local_global import LG_CPU_CONFIG
-from test_mls import mls_tiny_cfg
 from torch import nn
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
@@ -32,7 +30,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensorMode,
 )
 from torch.utils import _pytree as pytree
-from util import random_batch, set_keys, tiny_cfg
+from util import LG_CPU_CONFIG, mls_tiny_cfg, random_batch, set_keys, tiny_cfg
 
 try:  # torch 2.14 names the error; 2.11 (the GPU node's) raises a plain RuntimeError
     from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError

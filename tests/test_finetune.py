@@ -1,18 +1,16 @@
 """Mask R-CNN fine-tuning and evaluation from exported SS-PRL weights through tools/train_net.py."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from detectron2.modeling import build_model
+from train_net_harness import run_train_net
 from util import REPO, tiny_cfg
 
 from ssprl_d2.convert import convert_checkpoint
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 FT_CONFIG = os.path.join(
     REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_cpu_synthetic.yaml"
 )
@@ -52,8 +50,7 @@ def _small(out, max_iter):
 
 
 def _run(args):
-    return subprocess.run([sys.executable, TRAIN_NET, "--config-file", FT_CONFIG, *args], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return run_train_net(FT_CONFIG, args)
 
 
 def test_finetune_from_exported_weights_then_eval_only_then_resume(setup_data, tmp_path):

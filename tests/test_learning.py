@@ -10,7 +10,8 @@ import statistics
 
 import pytest
 from detectron2.engine import HookBase
-from test_train_net import _load_train_net, _trainer, small_data, tiny_opts  # noqa: F401
+from train_net_harness import build_trainer, tiny_opts
+from util import CPU_CONFIG
 
 SCALES = 3
 WINDOW = 5
@@ -28,7 +29,7 @@ class _RecordCollapseSignals(HookBase):
         })
 
 
-def _short_run(small_data, tmp_path, max_iter, extra=()):  # noqa: F811
+def _short_run(small_data, tmp_path, max_iter, extra=()):
     name, register = small_data
     opts = tiny_opts(name, str(tmp_path / "run"), max_iter) + register
     # tiny_opts shrinks the model; the schedule's optimiser, queue start and freeze stay the
@@ -38,12 +39,8 @@ def _short_run(small_data, tmp_path, max_iter, extra=()):  # noqa: F811
     }
     pairs = [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
     opts = [x for k, v in pairs if k not in keep for x in (k, v)] + list(extra)
-    train_net = _load_train_net()
     record = []
-    trainer = _trainer(train_net, opts)
-    trainer.register_hooks([_RecordCollapseSignals(record)])
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    build_trainer(CPU_CONFIG, opts, [_RecordCollapseSignals(record)]).train()
     return record
 
 
@@ -52,7 +49,7 @@ def _short_run(small_data, tmp_path, max_iter, extra=()):  # noqa: F811
     reason="issue 13 (blocked): no CPU schedule found whose entropy falls "
     "(results/cpu_schedule.md)",
 )
-def test_prediction_entropy_falls_at_every_scale(small_data, tmp_path):  # noqa: F811
+def test_prediction_entropy_falls_at_every_scale(small_data, tmp_path):
     record = _short_run(small_data, tmp_path, 40)
     for s in range(SCALES):
         start = statistics.mean(r[f"pred_entropy_s{s}"] for r in record[:WINDOW])

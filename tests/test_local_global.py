@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from timm.layers import DropPath
-from util import REPO
+from util import LG_CPU_CONFIG
 
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.data.views import build_view_layout
@@ -22,8 +22,6 @@ from ssprl_d2.modeling.dino_loss import (
 )
 from ssprl_d2.modeling.local_global import LocalGlobal
 from ssprl_d2.modeling.vit import build_timm_vit
-
-LG_CPU_CONFIG = f"{REPO}/configs/quick_schedules/localglobal_ViT_tiny_cpu_synthetic.yaml"
 
 
 def _pair_inputs():

@@ -8,12 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from util import REPO, set_keys
+from util import mls_batch, mls_tiny_cfg
 
-from ssprl_d2 import add_ssprl_config
 from ssprl_d2.modeling.distributed import (
     concat_all_gather,
     local_permutation,
@@ -32,35 +30,6 @@ from ssprl_d2.modeling.mls_loss import (
 from ssprl_d2.modeling.momentum import ema_update_, momentum_copy
 from ssprl_d2.modeling.pretrainer import pooled_trunk_features
 from ssprl_d2.modeling.queue import AlignedDictionary
-
-MLS_CPU_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "mls_R_18_cpu_synthetic.yaml")
-
-
-def mls_tiny_cfg(**overrides):
-    """The MLS CPU config shrunk further: 32-px views, small head and dictionary."""
-    cfg = get_cfg()
-    add_ssprl_config(cfg)
-    cfg.merge_from_file(MLS_CPU_CONFIG)
-    cfg.MODEL.MLS.HEAD_HIDDEN_DIM = 32
-    cfg.MODEL.MLS.HEAD_OUT_DIM = 16
-    cfg.MODEL.MLS.DICTIONARY_LENGTH = 12
-    cfg.MODEL.MLS.TOP_K = 3
-    cfg.INPUT.SSPRL.SIZE_CROPS = [32]
-    cfg.SOLVER.IMS_PER_BATCH = 4
-    return set_keys(cfg, **overrides)
-
-
-def mls_batch(batch, seed=0, size=32):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "crops": [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
-                      for _ in range(2)],
-            "seed": seed * 100 + b,
-            "category_ids": [b % 3],
-        }
-        for b in range(batch)
-    ]
 
 
 # ------------------------------------------------------------------ objectives

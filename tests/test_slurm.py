@@ -2,7 +2,7 @@
 import os
 
 import pytest
-from test_train_net import tiny_opts
+from train_net_harness import tiny_opts
 from util import CPU_CONFIG
 
 from ssprl_d2.data.synthetic import generate_synthetic_dataset

@@ -41,7 +41,7 @@ def test_aggregate_mean_and_sample_std():
 def test_every_pretraining_variant_builds_and_trains_a_step(variant):
     opts = VARIANTS[variant]
     if pretrain_config(variant) != DEFAULT_PRETRAIN_CONFIG:
-        from test_mls import mls_batch, mls_tiny_cfg
+        from util import mls_batch, mls_tiny_cfg
 
         assert variant == "MLS"
         cfg = mls_tiny_cfg()

@@ -1,22 +1,19 @@
 """ViTDet Mask R-CNN from exported local-global weights through tools/train_net.py (CPU)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from test_local_global import LG_CPU_CONFIG
-from util import REPO
+from train_net_harness import run_train_net
+from util import LG_CPU_CONFIG, REPO
 
 from ssprl_d2 import add_ssprl_config
 from ssprl_d2.convert import convert_checkpoint
 from ssprl_d2.data.synthetic import generate_synthetic_dataset
 from ssprl_d2.engine import build_finetune_optimizer
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 VITDET_CONFIG = os.path.join(
     REPO, "configs", "quick_schedules", "mask_rcnn_ViT_tiny_cpu_synthetic.yaml"
 )
@@ -68,11 +65,7 @@ def _small(out, max_iter):
 
 
 def _run(args):
-    return subprocess.run(
-        [sys.executable, TRAIN_NET, "--config-file", VITDET_CONFIG, *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="2"),
-    )
+    return run_train_net(VITDET_CONFIG, args, omp_threads=2)
 
 
 def test_vitdet_backbone_builds_from_yaml_with_a_feature_pyramid():

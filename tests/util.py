@@ -1,4 +1,4 @@
-"""Small builders shared by the tests: a tiny SS-PRL config and synthetic crop batches."""
+"""Small builders shared by the tests: tiny configs of each method and synthetic crop batches."""
 import os
 
 import torch
@@ -8,6 +8,10 @@ from ssprl_d2 import add_ssprl_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "ssprl_R_18_cpu_synthetic.yaml")
+MLS_CPU_CONFIG = os.path.join(REPO, "configs", "quick_schedules", "mls_R_18_cpu_synthetic.yaml")
+LG_CPU_CONFIG = os.path.join(
+    REPO, "configs", "quick_schedules", "localglobal_ViT_tiny_cpu_synthetic.yaml"
+)
 
 
 def tiny_cfg(**overrides):
@@ -26,6 +30,20 @@ def tiny_cfg(**overrides):
     cfg.INPUT.SSPRL.PATCH_CROP_SIZES = [16, 16]
     cfg.SOLVER.IMS_PER_BATCH = 8
     cfg.MODEL.DEVICE = "cpu"
+    return set_keys(cfg, **overrides)
+
+
+def mls_tiny_cfg(**overrides):
+    """The MLS CPU config shrunk further: 32-px views, small head and dictionary."""
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file(MLS_CPU_CONFIG)
+    cfg.MODEL.MLS.HEAD_HIDDEN_DIM = 32
+    cfg.MODEL.MLS.HEAD_OUT_DIM = 16
+    cfg.MODEL.MLS.DICTIONARY_LENGTH = 12
+    cfg.MODEL.MLS.TOP_K = 3
+    cfg.INPUT.SSPRL.SIZE_CROPS = [32]
+    cfg.SOLVER.IMS_PER_BATCH = 4
     return set_keys(cfg, **overrides)
 
 
@@ -50,6 +68,20 @@ def random_batch(layout, batch, seed=0):
                 for s in layout
             ],
             "seed": seed * 100 + b,
+        }
+        for b in range(batch)
+    ]
+
+
+def mls_batch(batch, seed=0, size=32):
+    """B dicts with two random uint8 views each and one ground-truth class (b mod 3)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "crops": [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+                      for _ in range(2)],
+            "seed": seed * 100 + b,
+            "category_ids": [b % 3],
         }
         for b in range(batch)
     ]
