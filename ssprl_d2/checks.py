@@ -18,7 +18,7 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .config import add_ssprl_config
+from .config import add_ssprl_config, renamed_key
 from .convert import ConversionError, load_state_dict_any
 from .model_zoo import configs_dir, resolve_config_file
 
@@ -117,6 +117,9 @@ def _merge_error(e: Exception, where: str, known: Sequence[str]) -> UserError:
     missing = re.search(r"Non-existent (?:config )?key: ([\w.]+)", text)
     if missing:
         key = missing.group(1)
+        new = renamed_key(key)
+        if new is not None:
+            return UserError(f"{where}: config key {key} was renamed {new}")
         return UserError(f"{where}: unknown config key {key}{_did_you_mean(key, known)}")
     mismatch = re.search(
         r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
@@ -186,7 +189,7 @@ def check_datasets(names: Iterable[str], key: str) -> None:
         if name not in registered:
             raise UserError(f"{key}: dataset {name!r} is not registered"
                             f"{_did_you_mean(name, registered)} (your own data: "
-                            "DATASETS.SSPRL.REGISTER [name, json_file, image_root])")  # fmt: skip
+                            "DATASETS.PRETRAIN.REGISTER [name, json_file, image_root])")  # fmt: skip
         meta = MetadataCatalog.get(name)
         if meta.get("generated_on_first_use", False):
             continue

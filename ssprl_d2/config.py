@@ -4,12 +4,36 @@ SS-PRL's defaults are the paper's COCO recipe (METHODS.md section 1); where the 
 they are the authors' release. ``MODEL.MLS`` holds MLS's (METHODS.md section 4), which has no
 public code: where its paper is silent the comment says what was chosen and why.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_ssprl_config", "load_config"]
+__all__ = ["RENAMED_KEYS", "add_ssprl_config", "load_config", "renamed_key"]
+
+# keys that were renamed when the methods' shared settings got method-neutral names: old key (or
+# node) -> new one; a config that still uses an old name gets one line naming the new one
+RENAMED_KEYS = {
+    "INPUT.SSPRL": "INPUT.PRETRAIN",
+    "SOLVER.SSPRL": "SOLVER.PRETRAIN",
+    "DATALOADER.SSPRL": "DATALOADER.PRETRAIN",
+    "DATASETS.SSPRL": "DATASETS.PRETRAIN",
+    "MODEL.SSPRL.CHANNELS_LAST": "MODEL.PRETRAIN.CHANNELS_LAST",
+    "MODEL.SSPRL.COMPILE_TRUNK": "MODEL.PRETRAIN.COMPILE_TRUNK",
+    "MODEL.SSPRL.CROP_GROUPING": "MODEL.PRETRAIN.CROP_GROUPING",
+}
+
+
+def renamed_key(key: str) -> Optional[str]:
+    """The new name of a renamed config key (or of a key under a renamed node), else None.
+
+    Args:
+        key: a full dotted key, e.g. ``"INPUT.SSPRL.SIZE_CROPS"``.
+    """
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
@@ -23,9 +47,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
 
 def add_ssprl_config(cfg: CN) -> None:
-    """Add the ``MODEL.SSPRL``, ``MODEL.MLS``, ``MODEL.LOCALGLOBAL``, ``MODEL.VIT``,
-    ``INPUT.SSPRL``, ``DATASETS.SSPRL``, ``SOLVER.SSPRL`` (and the multi-label protocols' and
-    ``TEST.KNN_PROBE``) nodes.
+    """Add the nodes of every method (``MODEL.SSPRL``, ``MODEL.MLS``, ``MODEL.LOCALGLOBAL``,
+    ``MODEL.VIT``), what the pre-trainers share (``MODEL.PRETRAIN``, ``INPUT.PRETRAIN``,
+    ``DATASETS.PRETRAIN``, ``SOLVER.PRETRAIN``, ``DATALOADER.PRETRAIN``), the multi-label
+    protocols' and ``TEST.KNN_PROBE``.
 
     Args:
         cfg: a Detectron2 config (usually ``get_cfg()``); modified in place.
@@ -89,11 +114,16 @@ def _add_model_config(cfg: CN) -> None:
     _C.QUEUE_ROUNDING = "release"
     # epoch at which the queues switch on (release: 80); negative disables queues
     _C.QUEUE_START_EPOCH = 80
+    # when a switched-on queue joins Sinkhorn: "full" (once it is full, as SwAV) or "any" (the
+    # release's shared use_the_queue flag: once any queue is full, every switched-on queue joins
+    # from then on, its rows not yet written as zeros; differs for a few iterations after the
+    # queues switch on)
+    _C.QUEUE_JOIN = "full"
 
 
 def _add_mls_config(cfg: CN) -> None:
     # MLS (Multi-Label Self-supervised learning, ICCV 2023): a MoCo-v2 skeleton plus a
-    # multi-label BCE over two same-order dictionaries. Views come from INPUT.SSPRL (two crops,
+    # multi-label BCE over two same-order dictionaries. Views come from INPUT.PRETRAIN (two crops,
     # no grids: see configs/Pretrain/Base-MLS.yaml)
     cfg.MODEL.MLS = CN()
     _C = cfg.MODEL.MLS
@@ -138,7 +168,7 @@ def _add_mls_config(cfg: CN) -> None:
 def _add_localglobal_config(cfg: CN) -> None:
     # Local-global patch matching on a ViT (METHODS.md section 5): DINO self-distillation on the
     # CLS token and on geometrically matched patch tokens. The trunk's sizes are MODEL.VIT; the
-    # views are INPUT.SSPRL's scale-0 crops (the first NMB_CROPS[0] are the global, teacher views)
+    # views are INPUT.PRETRAIN's scale-0 crops (the first NMB_CROPS[0] are the global, teacher views)
     cfg.MODEL.LOCALGLOBAL = CN()
     _C = cfg.MODEL.LOCALGLOBAL
     # K, output width of the DINO head (DINO: 65536 on the CLS token only; patch tokens multiply
@@ -207,8 +237,8 @@ def _add_vit_config(cfg: CN) -> None:
 
 
 def _add_input_config(cfg: CN) -> None:
-    cfg.INPUT.SSPRL = CN()
-    _C = cfg.INPUT.SSPRL
+    cfg.INPUT.PRETRAIN = CN()
+    _C = cfg.INPUT.PRETRAIN
     # scale 0 multi-crop: number of crops of each size (SwAV: 2 large, 6 small)
     _C.NMB_CROPS = [2, 6]
     # scale 0 multi-crop: crop side in pixels, one per NMB_CROPS entry
@@ -245,16 +275,16 @@ def _add_input_config(cfg: CN) -> None:
 
 
 def _add_dataset_config(cfg: CN) -> None:
-    cfg.DATASETS.SSPRL = CN()
-    _C = cfg.DATASETS.SSPRL
+    cfg.DATASETS.PRETRAIN = CN()
+    _C = cfg.DATASETS.PRETRAIN
     # user COCO-format datasets registered at start-up, flat list of triples
     # [name, json_file, image_root, ...]; json_file may be "" for a plain image folder
     _C.REGISTER = []
 
 
 def _add_solver_config(cfg: CN) -> None:
-    cfg.SOLVER.SSPRL = CN()
-    _C = cfg.SOLVER.SSPRL
+    cfg.SOLVER.PRETRAIN = CN()
+    _C = cfg.SOLVER.PRETRAIN
     # optimiser: "LARS" (timm.optim.Lars around SGD, release), "SGD" or "AdamW" (DINO: biases
     # and 1-d tensors without weight decay; SOLVER.CLIP_GRADIENTS applies). Fine-tuning reads
     # only "AdamW" (ViTDet's optimiser); any other value keeps Detectron2's SGD there
@@ -324,7 +354,9 @@ def _add_multilabel_config(cfg: CN) -> None:
 def _add_throughput_config(cfg: CN) -> None:
     # speed switches; the defaults are the behaviour before they existed (see tools/gpu_check.py
     # for the measurements that would justify changing one)
-    _C = cfg.MODEL.SSPRL
+    # every pre-trainer's trunk (ssprl_d2/modeling/pretrainer.py Pretrainer)
+    cfg.MODEL.PRETRAIN = CN()
+    _C = cfg.MODEL.PRETRAIN
     # trunk weights and crops in channels-last memory format (faster convolutions with AMP on
     # tensor-core GPUs; no effect on the result)
     _C.CHANNELS_LAST = False
@@ -338,13 +370,13 @@ def _add_throughput_config(cfg: CN) -> None:
     _C.CROP_GROUPING = "size"
     # autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a gradient scaler) or "bfloat16"
     # (no scaler; needs Ampere or newer); read by tools/train_net.py for every model
-    cfg.SOLVER.SSPRL.AMP_DTYPE = "float16"
-    cfg.DATALOADER.SSPRL = CN()
+    cfg.SOLVER.PRETRAIN.AMP_DTYPE = "float16"
+    cfg.DATALOADER.PRETRAIN = CN()
     # pre-training loader: page-locked batches, so host-to-GPU copies can overlap compute
-    cfg.DATALOADER.SSPRL.PIN_MEMORY = False
+    cfg.DATALOADER.PRETRAIN.PIN_MEMORY = False
     # pre-training loader: keep the worker processes between passes over the loader (only
     # matters when it is iterated more than once in a process)
-    cfg.DATALOADER.SSPRL.PERSISTENT_WORKERS = False
+    cfg.DATALOADER.PRETRAIN.PERSISTENT_WORKERS = False
 
 
 def _add_semseg_fcn_config(cfg: CN) -> None:

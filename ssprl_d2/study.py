@@ -64,9 +64,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SCALE0_ONLY = [
-    "INPUT.SSPRL.GRIDS", "[]",
-    "INPUT.SSPRL.PATCH_IMAGE_SIZES", "[]",
-    "INPUT.SSPRL.PATCH_CROP_SIZES", "[]",
+    "INPUT.PRETRAIN.GRIDS", "[]",
+    "INPUT.PRETRAIN.PATCH_IMAGE_SIZES", "[]",
+    "INPUT.PRETRAIN.PATCH_CROP_SIZES", "[]",
     "MODEL.SSPRL.NUM_PROTOTYPES", "[16]",
     "MODEL.SSPRL.PYR_WEIGHTS", "[1.0]",
     "MODEL.SSPRL.CROSS_WEIGHTS", "[]",
@@ -567,7 +567,7 @@ def run_vit_study(settings: StudySettings) -> str:
                 ckpt = pretrained_checkpoint(pre_dir, spec, lambda c=cmd: run_train_net(c))
                 weights = _exported(ckpt, os.path.join(vit_dir, "vit.pkl"))
             # CLS-token kNN probe on the global-crop size (random init: the seeded random ViT)
-            size = cfg.INPUT.SSPRL.SIZE_CROPS[0]
+            size = cfg.INPUT.PRETRAIN.SIZE_CROPS[0]
             cfg.INPUT.MULTILABEL.CROP_SIZE, cfg.INPUT.MULTILABEL.RESIZE_SIZE = size, size
             probe = cached_result(
                 os.path.join(vit_dir, "knn"), _vit_spec(variant, seed, "knn", pre_iters, ft_iters),

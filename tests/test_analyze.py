@@ -131,7 +131,7 @@ def _knn_map_of_checkpoint(cfg, k):
     feats, labels = [], []
     for name in (cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]):
         dicts = DatasetCatalog.get(name)
-        f = extract_features(model, dicts, cfg.INPUT.SSPRL.SIZE_CROPS[0], with_embeddings=False,
+        f = extract_features(model, dicts, cfg.INPUT.PRETRAIN.SIZE_CROPS[0], with_embeddings=False,
                              desc=None)
         feats.append(f.features)
         labels.append(np.stack([multilabel_targets(dicts[i], len(classes))

@@ -39,7 +39,7 @@ def _touch(path) -> None:
 
 
 def _cfg(entries) -> CN:
-    return CN({"DATASETS": CN({"SSPRL": CN({"REGISTER": list(entries)})})})
+    return CN({"DATASETS": CN({"PRETRAIN": CN({"REGISTER": list(entries)})})})
 
 
 def test_image_folder_recursive_sorted_case_insensitive(tmp_path, new_name):

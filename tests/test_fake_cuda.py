@@ -276,8 +276,8 @@ def _local_global_cfg() -> CfgNode:
             "MODEL.LOCALGLOBAL.HEAD_OUT_DIM": 16,
             "MODEL.LOCALGLOBAL.HEAD_HIDDEN_DIM": 32,
             "MODEL.LOCALGLOBAL.HEAD_BOTTLENECK_DIM": 8,
-            "INPUT.SSPRL.NMB_CROPS": [2, 2],
-            "INPUT.SSPRL.SIZE_CROPS": [16, 8],
+            "INPUT.PRETRAIN.NMB_CROPS": [2, 2],
+            "INPUT.PRETRAIN.SIZE_CROPS": [16, 8],
             "SOLVER.IMS_PER_BATCH": 2,
         },
     )

@@ -23,7 +23,7 @@ def setup_data(tmp_path_factory):
     root = str(tmp / "synth")
     generate_synthetic_dataset(root, num_train=16, num_val=6, seed=2)
     register = [
-        "DATASETS.SSPRL.REGISTER",
+        "DATASETS.PRETRAIN.REGISTER",
         f"['ft_train', '{root}/annotations/instances_train.json', '{root}/train', "
         f"'ft_val', '{root}/annotations/instances_val.json', '{root}/val']",
         "DATASETS.TRAIN", "('ft_train',)", "DATASETS.TEST", "('ft_val',)",

@@ -168,7 +168,7 @@ def test_cpu_config_builds_and_needs_recorded_boxes():
     model = build_model(cfg)
     assert isinstance(model, LocalGlobal) and model.grids == [6, 6, 4, 4, 4, 4]
     assert tuple(model.center.shape) == (37, cfg.MODEL.LOCALGLOBAL.HEAD_OUT_DIM)
-    cfg.INPUT.SSPRL.RECORD_BOXES = False
+    cfg.INPUT.PRETRAIN.RECORD_BOXES = False
     with pytest.raises(ValueError, match="RECORD_BOXES"):
         build_model(cfg)
 

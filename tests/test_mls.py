@@ -279,7 +279,7 @@ def test_bn_splits_must_divide_the_batch():
 
 def test_mls_refuses_a_pyramid_layout():
     with pytest.raises(ValueError, match="two crops"):
-        build_model(mls_tiny_cfg(**{"INPUT.SSPRL.NMB_CROPS": [2, 2],
-                                    "INPUT.SSPRL.SIZE_CROPS": [32, 16],
-                                    "INPUT.SSPRL.MIN_SCALE_CROPS": [0.2, 0.05],
-                                    "INPUT.SSPRL.MAX_SCALE_CROPS": [1.0, 0.2]}))
+        build_model(mls_tiny_cfg(**{"INPUT.PRETRAIN.NMB_CROPS": [2, 2],
+                                    "INPUT.PRETRAIN.SIZE_CROPS": [32, 16],
+                                    "INPUT.PRETRAIN.MIN_SCALE_CROPS": [0.2, 0.05],
+                                    "INPUT.PRETRAIN.MAX_SCALE_CROPS": [1.0, 0.2]}))

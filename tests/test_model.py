@@ -31,7 +31,7 @@ def test_meta_architecture_is_registered_and_builds_from_config():
 
 def test_equal_size_crops_share_one_trunk_call_even_when_not_adjacent():
     # 32-px large crops, 16-px small crops, 24-px 2x2 patches, 16-px 3x3 patches: three sizes
-    model = _model(**{"INPUT.SSPRL.PATCH_CROP_SIZES": [24, 16]})
+    model = _model(**{"INPUT.PRETRAIN.PATCH_CROP_SIZES": [24, 16]})
     calls = []
     forward = model.backbone.forward
     model.backbone.forward = lambda x: calls.append(tuple(x.shape)) or forward(x)
@@ -81,8 +81,8 @@ def test_alpha_beta_lambda_scale_their_terms():
 
 
 def test_scale_zero_only_is_swav():
-    model = _model(**{"INPUT.SSPRL.GRIDS": [], "MODEL.SSPRL.NUM_PROTOTYPES": [8],
-                      "INPUT.SSPRL.PATCH_CROP_SIZES": [], "INPUT.SSPRL.PATCH_IMAGE_SIZES": [],
+    model = _model(**{"INPUT.PRETRAIN.GRIDS": [], "MODEL.SSPRL.NUM_PROTOTYPES": [8],
+                      "INPUT.PRETRAIN.PATCH_CROP_SIZES": [], "INPUT.PRETRAIN.PATCH_IMAGE_SIZES": [],
                       "MODEL.SSPRL.PYR_WEIGHTS": [1.0], "MODEL.SSPRL.CROSS_WEIGHTS": [],
                       "MODEL.SSPRL.QUEUE_LENGTHS": [64]})
     assert len(model.layout) == 8 and len(model.cross_learners) == 0
@@ -115,7 +115,7 @@ def test_release_mu_changes_only_the_cross_terms():
 
 def test_crops_augmented_nowhere_are_refused():
     # PHOTOMETRIC_ON "worker" for the model, but the samples say the workers did not augment
-    model = _model(**{"INPUT.SSPRL.PHOTOMETRIC_ON": "worker"})
+    model = _model(**{"INPUT.PRETRAIN.PHOTOMETRIC_ON": "worker"})
     assert model.photometric is None
     with pytest.raises(ValueError, match="PHOTOMETRIC_ON must match"):
         model(random_batch(model.layout, 2))

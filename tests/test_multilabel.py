@@ -285,7 +285,7 @@ def test_tiny_linear_evaluation_through_train_net(tmp_path, new_name):
     generate_synthetic_dataset(root, num_train=16, num_val=8, seed=1)
     out = str(tmp_path / "out")
     args = [
-        "DATASETS.SSPRL.REGISTER",
+        "DATASETS.PRETRAIN.REGISTER",
         f"['ml_train', '{root}/annotations/instances_train.json', '{root}/train', "
         f"'ml_val', '{root}/annotations/instances_val.json', '{root}/val']",
         "DATASETS.TRAIN", "('ml_train',)", "DATASETS.TEST", "('ml_val',)",

@@ -117,7 +117,7 @@ def test_worker_placement_feeds_the_model_uint8_crops(tmp_path):
 
     from ssprl_d2.data.build import PyramidDatasetMapper
 
-    cfg = tiny_cfg(**{"INPUT.SSPRL.PHOTOMETRIC_ON": "worker"})
+    cfg = tiny_cfg(**{"INPUT.PRETRAIN.PHOTOMETRIC_ON": "worker"})
     path = str(tmp_path / "a.jpg")
     cv2.imwrite(path, _textured_crop(64).permute(1, 2, 0).numpy())
     sample = PyramidDatasetMapper(cfg)({"file_name": path}, seed=5)

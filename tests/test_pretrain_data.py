@@ -81,7 +81,7 @@ def sample_file(tmp_path):
 @pytest.mark.parametrize("place", ["model", "worker"])
 def test_mapper_marks_whether_it_applied_the_photometric_part(tmp_path, place):
     cfg = tiny_cfg()
-    cfg.INPUT.SSPRL.PHOTOMETRIC_ON = place
+    cfg.INPUT.PRETRAIN.PHOTOMETRIC_ON = place
     mapper = PyramidDatasetMapper(cfg)
     sample = mapper({"file_name": sample_file(tmp_path), "image_id": 0}, seed=1)
     assert sample["photometric_done"] == (place == "worker")
@@ -95,6 +95,6 @@ def test_mapper_marks_whether_it_applied_the_photometric_part(tmp_path, place):
 
 def test_unknown_photometric_place_is_an_error_naming_the_value():
     cfg = tiny_cfg()
-    cfg.INPUT.SSPRL.PHOTOMETRIC_ON = "gpu"
+    cfg.INPUT.PRETRAIN.PHOTOMETRIC_ON = "gpu"
     with pytest.raises(ValueError, match="PHOTOMETRIC_ON.*'gpu'"):
         PyramidDatasetMapper(cfg)

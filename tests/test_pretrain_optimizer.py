@@ -1,4 +1,4 @@
-"""build_pretrain_optimizer: SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS (issue 13)."""
+"""build_pretrain_optimizer: SOLVER.PRETRAIN.LARS_EXCLUDE_BN_BIAS (issue 13)."""
 import torch
 from torch import nn
 from util import tiny_cfg
@@ -22,8 +22,8 @@ def _step(cfg):
 
 
 def test_default_adapts_every_tensor_as_the_release():
-    cfg = tiny_cfg(**{"SOLVER.SSPRL.LARS_TRUST": 0.001, "SOLVER.BASE_LR": 0.1})
-    assert cfg.SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS is False
+    cfg = tiny_cfg(**{"SOLVER.PRETRAIN.LARS_TRUST": 0.001, "SOLVER.BASE_LR": 0.1})
+    assert cfg.SOLVER.PRETRAIN.LARS_EXCLUDE_BN_BIAS is False
     opt, delta, _ = _step(cfg)
     assert len(opt.param_groups) == 1
     # the BN bias is zero-initialised: timm's trust ratio is 1 there, so its step is a plain one
@@ -33,8 +33,8 @@ def test_default_adapts_every_tensor_as_the_release():
 
 def test_exclude_bn_bias_gives_1d_tensors_plain_sgd_without_decay():
     cfg = tiny_cfg(**{
-        "SOLVER.SSPRL.LARS_TRUST": 0.001, "SOLVER.BASE_LR": 0.1, "SOLVER.WEIGHT_DECAY": 0.5,
-        "SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS": True,
+        "SOLVER.PRETRAIN.LARS_TRUST": 0.001, "SOLVER.BASE_LR": 0.1, "SOLVER.WEIGHT_DECAY": 0.5,
+        "SOLVER.PRETRAIN.LARS_EXCLUDE_BN_BIAS": True,
     })
     opt, delta, before = _step(cfg)
     assert len(opt.param_groups) == 2

@@ -62,12 +62,12 @@ def test_paper_layout_groups_by_size_in_three_calls_and_consecutively_in_four():
 
 def test_release_config_groups_crops_as_the_release_does():
     cfg = _cfg(os.path.join(PRETRAIN, "ssprl_R_50_200ep_coco2014_release.yaml"))
-    assert cfg.MODEL.SSPRL.CROP_GROUPING == "consecutive"
+    assert cfg.MODEL.PRETRAIN.CROP_GROUPING == "consecutive"
     paper = _cfg(os.path.join(PRETRAIN, "ssprl_R_50_200ep_coco2014.yaml"))
-    assert paper.MODEL.SSPRL.CROP_GROUPING == "size"
+    assert paper.MODEL.PRETRAIN.CROP_GROUPING == "size"
     # the model's step makes one trunk call per run: 32, 16 (small crops), 24 (2x2), 16 (3x3)
-    model = build_model(tiny_cfg(**{"INPUT.SSPRL.PATCH_CROP_SIZES": [24, 16],
-                                    "MODEL.SSPRL.CROP_GROUPING": "consecutive"}))
+    model = build_model(tiny_cfg(**{"INPUT.PRETRAIN.PATCH_CROP_SIZES": [24, 16],
+                                    "MODEL.PRETRAIN.CROP_GROUPING": "consecutive"}))
     calls = []
     forward = model.backbone.forward
     model.backbone.forward = lambda x: calls.append(tuple(x.shape)) or forward(x)
@@ -90,11 +90,11 @@ def test_iterations_per_epoch(size, batch, world, drop_last, expected):
 
 def test_release_schedule_counts_646_iterations_per_epoch():
     cfg = _cfg(os.path.join(PRETRAIN, "ssprl_R_50_200ep_coco2014_release.yaml"))
-    assert cfg.SOLVER.SSPRL.DROP_LAST
+    assert cfg.SOLVER.PRETRAIN.DROP_LAST
     assert cfg.SOLVER.MAX_ITER == 200 * 646 and cfg.SOLVER.CHECKPOINT_PERIOD == 10 * 646
     # the queue switch of a model built like the release's, on COCO train2014's size
     model = build_model(tiny_cfg(**{"MODEL.SSPRL.QUEUE_START_EPOCH": 80}))
-    small = tiny_cfg(**{"SOLVER.IMS_PER_BATCH": 128, "SOLVER.SSPRL.DROP_LAST": True})
+    small = tiny_cfg(**{"SOLVER.IMS_PER_BATCH": 128, "SOLVER.PRETRAIN.DROP_LAST": True})
     hooks = build_pretrain_hooks(small, 82783, model)
     (queue_hook,) = [h for h in hooks if isinstance(h, QueueStartHook)]
     assert queue_hook.start_iter == 80 * 646
@@ -143,7 +143,7 @@ def test_inference_is_the_pooled_trunk_of_normalised_images_without_gradients():
 
 def test_compile_switch_reaches_every_trunk_of_a_momentum_method():
     cfg = _cfg(os.path.join(QUICK, "mls_R_18_cpu_synthetic.yaml"),
-               **{"MODEL.SSPRL.COMPILE_TRUNK": True})
+               **{"MODEL.PRETRAIN.COMPILE_TRUNK": True})
     model = build_model(cfg)
     # nn.Module.compile wraps each module's own call; the copy is compiled after it is made
     assert model.backbone._compiled_call_impl is not None
@@ -156,3 +156,27 @@ def test_vit_names():
 
     assert vit_name(384, 16) == "ViT-S/16" and vit_name(768, 16) == "ViT-B/16"
     assert vit_name(96, 8) == "ViT-w96/8"
+
+
+@pytest.mark.parametrize("join,expected", [("full", [8 + 8, 32, 72]),
+                                           ("any", [8 + 8, 64 + 32, 1000 + 72])])
+def test_queue_join_any_is_the_release_shared_flag(monkeypatch, join, expected):
+    import ssprl_d2.modeling.ssprl as ssprl_module
+
+    # per-process lengths at a global batch of 8: 8, 64, 1000; one step fills only scale 0's
+    model = build_model(tiny_cfg(**{"MODEL.SSPRL.QUEUE_LENGTHS": [8, 64, 1000],
+                                    "MODEL.SSPRL.QUEUE_JOIN": join})).train()
+    for queue in model.queue_modules():
+        queue.active = True
+    rows = []
+    sinkhorn = ssprl_module.sinkhorn
+    monkeypatch.setattr(ssprl_module, "sinkhorn", lambda s, *a: rows.append(s.shape[0]) or
+                        sinkhorn(s, *a))
+    batch = random_batch(model.layout, 8)
+    model(batch)
+    assert rows[::2] == [8, 32, 72]  # nothing full yet: this step's rows only (first view)
+    rows.clear()
+    model(batch)
+    # scale 0's queue is full: "full" uses it alone; "any" lets every switched-on queue join,
+    # its unwritten rows as zeros (the release's use_the_queue)
+    assert rows[::2] == expected

@@ -141,7 +141,7 @@ def test_tool_prints_the_three_maps(tiny_dataset, tmp_path):
     path = str(tmp_path / "model_final.pth")
     torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
     root = os.path.dirname(os.path.dirname(DatasetCatalog.get(tiny_dataset)[0]["file_name"]))
-    register = ["DATASETS.SSPRL.REGISTER",
+    register = ["DATASETS.PRETRAIN.REGISTER",
                 f"['probe_tool_set', '{root}/annotations/instances_train.json', '{root}/train']"]
     proc = subprocess.run(
         [sys.executable, PROBE, "--config-file", CPU_CONFIG, "--weights", path, "--k", "3",

@@ -108,7 +108,7 @@ class _Model:
 def iters_per_epoch(cfg):
     # one process: the count of the configs' comments (drop_last: the release's 646)
     return iterations_per_epoch(IMAGES[cfg.DATASETS.TRAIN[0]], cfg.SOLVER.IMS_PER_BATCH, 1,
-                                cfg.SOLVER.SSPRL.DROP_LAST)
+                                cfg.SOLVER.PRETRAIN.DROP_LAST)
 
 
 def points(max_iter, warmup_iters):
@@ -164,7 +164,7 @@ def test_weight_decay_and_teacher_momentum_follow_dino(config):
     (wd,) = [h for h in hooks if isinstance(h, WeightDecayScheduleHook)]
     (teacher,) = [h for h in hooks if isinstance(h, TeacherScheduleHook)]
     # DINO: weight decay 0.04 -> 0.4 and momentum 0.996 -> 1, cosines without warm-up
-    assert (s.WEIGHT_DECAY, s.SSPRL.WEIGHT_DECAY_END) == (0.04, 0.4)
+    assert (s.WEIGHT_DECAY, s.PRETRAIN.WEIGHT_DECAY_END) == (0.04, 0.4)
     assert (c.MOMENTUM, c.MOMENTUM_END) == (0.996, 1.0)
     wd_ref = dino_cosine_scheduler(0.04, 0.4, epochs, epoch)
     momentum_ref = dino_cosine_scheduler(0.996, 1.0, epochs, epoch)

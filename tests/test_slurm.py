@@ -32,7 +32,7 @@ def test_two_local_processes_pretrain_and_checkpoint(tmp_path, monkeypatch):
     root = str(tmp_path / "synth")
     generate_synthetic_dataset(root, num_train=16, num_val=2, seed=3)
     register = [
-        "DATASETS.SSPRL.REGISTER",
+        "DATASETS.PRETRAIN.REGISTER",
         f"['slurm_synth', '{root}/annotations/instances_train.json', '{root}/train']",
     ]
     out = str(tmp_path / "run")

@@ -9,14 +9,14 @@ from ssprl_d2.data.build import PretrainLoader
 
 def test_defaults_are_the_previous_behaviour():
     cfg = tiny_cfg()
-    assert not cfg.MODEL.SSPRL.CHANNELS_LAST and not cfg.MODEL.SSPRL.COMPILE_TRUNK
-    assert cfg.SOLVER.SSPRL.AMP_DTYPE == "float16"
-    assert not cfg.DATALOADER.SSPRL.PIN_MEMORY and not cfg.DATALOADER.SSPRL.PERSISTENT_WORKERS
+    assert not cfg.MODEL.PRETRAIN.CHANNELS_LAST and not cfg.MODEL.PRETRAIN.COMPILE_TRUNK
+    assert cfg.SOLVER.PRETRAIN.AMP_DTYPE == "float16"
+    assert not cfg.DATALOADER.PRETRAIN.PIN_MEMORY and not cfg.DATALOADER.PRETRAIN.PERSISTENT_WORKERS
 
 
 def _losses(channels_last):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.SSPRL.CHANNELS_LAST": channels_last}))
+    model = build_model(tiny_cfg(**{"MODEL.PRETRAIN.CHANNELS_LAST": channels_last}))
     losses = model(random_batch(model.layout, 4, seed=1))
     return model, {k: float(v.detach()) for k, v in losses.items()}
 
@@ -32,7 +32,7 @@ def test_channels_last_gives_the_same_losses():
 
 def test_compiled_trunk_keeps_parameter_names():
     plain = build_model(tiny_cfg()).state_dict().keys()
-    compiled = build_model(tiny_cfg(**{"MODEL.SSPRL.COMPILE_TRUNK": True})).state_dict().keys()
+    compiled = build_model(tiny_cfg(**{"MODEL.PRETRAIN.COMPILE_TRUNK": True})).state_dict().keys()
     assert list(compiled) == list(plain)
 
 
@@ -47,5 +47,5 @@ def test_amp_dtype_option():
     from ssprl_d2.engine import train as train_net
 
     assert train_net.amp_options(tiny_cfg())["precision"] == torch.float16
-    bf16 = train_net.amp_options(tiny_cfg(**{"SOLVER.SSPRL.AMP_DTYPE": "bfloat16"}))
+    bf16 = train_net.amp_options(tiny_cfg(**{"SOLVER.PRETRAIN.AMP_DTYPE": "bfloat16"}))
     assert bf16["precision"] == torch.bfloat16 and not bf16["grad_scaler"].is_enabled()

@@ -39,7 +39,7 @@ def test_short_pretraining_run_loss_falls(small_data, tmp_path):
 def test_missing_dataset_path_is_a_clear_error_before_training(tmp_path):
     missing = str(tmp_path / "nowhere")
     opts = tiny_opts("test_missing", str(tmp_path / "run"), 5) + [
-        "DATASETS.SSPRL.REGISTER", f"['test_missing', '', '{missing}']",
+        "DATASETS.PRETRAIN.REGISTER", f"['test_missing', '', '{missing}']",
     ]
     proc = _run(opts)
     assert proc.returncode != 0

@@ -49,6 +49,8 @@ def files(tmp_path_factory):
                                     "    NUM_PROTOTYPS: [30, 20, 20]\n")  # fmt: skip
     (root / "broken.yaml").write_text(f'_BASE_: "{PRETRAIN}"\nSOLVER:\n  MAX_ITER: [1, 2\n')
     (root / "no_base.yaml").write_text('_BASE_: "Base-Nowhere.yaml"\n')
+    (root / "old_keys.yaml").write_text(f'_BASE_: "{PRETRAIN}"\nINPUT:\n  SSPRL:\n'
+                                        "    SIZE_CROPS: [224, 96]\n")  # fmt: skip
     return root
 
 
@@ -74,6 +76,12 @@ def _cases(root) -> List[tuple]:
          "MODEL.SSPRL.NUM_PROTOTYPS; did you mean MODEL.SSPRL.NUM_PROTOTYPES"),
         ("typo on the command line", train + ["--config-file", PRETRAIN, "SOLVER.MAX_ITERS", "5"]
          + at_run, "SOLVER.MAX_ITERS; did you mean SOLVER.MAX_ITER"),
+        # keys renamed to method-neutral names (issue 23): one line naming the new name
+        ("renamed node in a YAML", train + ["--config-file", str(root / "old_keys.yaml")] + at_run,
+         "config key INPUT.SSPRL was renamed INPUT.PRETRAIN"),
+        ("renamed key on the command line", train + ["--config-file", PRETRAIN,
+                                                     "SOLVER.SSPRL.OPTIMIZER", "SGD"] + at_run,
+         "config key SOLVER.SSPRL.OPTIMIZER was renamed SOLVER.PRETRAIN.OPTIMIZER"),
         ("unknown dataset", train + ["--config-file", PRETRAIN, "DATASETS.TRAIN",
                                      "('no_such_dataset',)"] + at_run, "'no_such_dataset'"),
         ("resume target of random bytes", train + ["--resume", "--config-file", PRETRAIN]
@@ -136,7 +144,7 @@ def _cases(root) -> List[tuple]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("index", range(29))
+@pytest.mark.parametrize("index", range(31))
 def test_a_user_mistake_gets_one_line_and_touches_nothing(files, index):
     case = _cases(files)[index]
     name, cmd, needle = case[:3]
@@ -158,5 +166,16 @@ def test_a_user_mistake_gets_one_line_and_touches_nothing(files, index):
     assert not (files / "out.pkl").exists()
 
 
-def test_the_case_list_has_the_issues_rows_and_ten_more(files):
-    assert len(_cases(files)) == 29
+def test_the_case_list_has_the_issues_rows_and_twelve_more(files):
+    assert len(_cases(files)) == 31
+
+
+def test_renamed_keys_map_to_their_new_names():
+    from ssprl_d2.config import renamed_key
+
+    assert renamed_key("INPUT.SSPRL") == "INPUT.PRETRAIN"
+    assert renamed_key("DATALOADER.SSPRL.PIN_MEMORY") == "DATALOADER.PRETRAIN.PIN_MEMORY"
+    assert renamed_key("MODEL.SSPRL.COMPILE_TRUNK") == "MODEL.PRETRAIN.COMPILE_TRUNK"
+    # SS-PRL's own keys keep their names; a prefix of a longer name is not a match
+    assert renamed_key("MODEL.SSPRL.NUM_PROTOTYPES") is None
+    assert renamed_key("INPUT.SSPRLX.SIZE_CROPS") is None

@@ -36,7 +36,7 @@ def vit_setup(tmp_path_factory):
     root = str(tmp / "synth")
     generate_synthetic_dataset(root, num_train=12, num_val=4, seed=3)
     register = [
-        "DATASETS.SSPRL.REGISTER",
+        "DATASETS.PRETRAIN.REGISTER",
         f"['vd_train', '{root}/annotations/instances_train.json', '{root}/train', "
         f"'vd_val', '{root}/annotations/instances_val.json', '{root}/val']",
         "DATASETS.TRAIN", "('vd_train',)", "DATASETS.TEST", "('vd_val',)",
@@ -98,7 +98,7 @@ def test_vitdet_optimizer_decays_lr_by_layer_and_spares_norms():
     net = model.backbone.net
     lr_first = by_param[id(net.blocks[0].attn.qkv.weight)]["lr"]
     lr_last = by_param[id(net.blocks[1].attn.qkv.weight)]["lr"]
-    assert lr_first == pytest.approx(lr_last * cfg.SOLVER.SSPRL.LAYER_DECAY)
+    assert lr_first == pytest.approx(lr_last * cfg.SOLVER.PRETRAIN.LAYER_DECAY)
     assert by_param[id(net.pos_embed)]["weight_decay"] == 0.0
     assert by_param[id(net.blocks[0].norm1.weight)]["weight_decay"] == 0.0
     assert by_param[id(net.blocks[0].attn.qkv.weight)]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY

@@ -98,17 +98,17 @@ class RecordScalars(HookBase):
 def small_synthetic_dataset(folder: str) -> Tuple[str, List[str]]:
     """24 synthetic training images (8 classes) in ``folder``, and the overrides registering them.
 
-    Registered by the command itself through ``DATASETS.SSPRL.REGISTER`` (no Python), under a
+    Registered by the command itself through ``DATASETS.PRETRAIN.REGISTER`` (no Python), under a
     name unique to ``folder``, so that several modules' datasets can live in one process.
 
     Returns:
-        (dataset name, the ``DATASETS.SSPRL.REGISTER`` override as two command-line items).
+        (dataset name, the ``DATASETS.PRETRAIN.REGISTER`` override as two command-line items).
     """
     root = os.path.join(folder, "synth")
     generate_synthetic_dataset(root, num_train=24, num_val=4, seed=1)
     name = f"test_small_synthetic_{os.path.basename(os.path.normpath(folder))}"
     register = [
-        "DATASETS.SSPRL.REGISTER",
+        "DATASETS.PRETRAIN.REGISTER",
         f"['{name}', '{root}/annotations/instances_train.json', '{root}/train']",
     ]
     return name, register
@@ -121,8 +121,8 @@ def tiny_opts(data_name: str, output_dir: str, max_iter: int) -> List[str]:
         "MODEL.SSPRL.NUM_PROTOTYPES", "[10, 8, 8]",
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "2",
         "MODEL.SSPRL.QUEUE_LENGTHS", "[16, 64, 144]", "MODEL.SSPRL.QUEUE_START_EPOCH", "1",
-        "INPUT.SSPRL.SIZE_CROPS", "[32, 16]", "INPUT.SSPRL.PATCH_IMAGE_SIZES", "[40, 54]",
-        "INPUT.SSPRL.PATCH_CROP_SIZES", "[16, 16]",
+        "INPUT.PRETRAIN.SIZE_CROPS", "[32, 16]", "INPUT.PRETRAIN.PATCH_IMAGE_SIZES", "[40, 54]",
+        "INPUT.PRETRAIN.PATCH_CROP_SIZES", "[16, 16]",
         "DATASETS.TRAIN", f"('{data_name}',)", "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.BASE_LR", "0.3", "SOLVER.CHECKPOINT_PERIOD", "100000",
@@ -135,7 +135,7 @@ def mls_tiny_opts(data_name: str, output_dir: str, max_iter: int) -> List[str]:
     return [
         "MODEL.MLS.HEAD_HIDDEN_DIM", "64", "MODEL.MLS.HEAD_OUT_DIM", "32",
         "MODEL.MLS.DICTIONARY_LENGTH", "16", "MODEL.MLS.TOP_K", "2",
-        "INPUT.SSPRL.SIZE_CROPS", "[32]",
+        "INPUT.PRETRAIN.SIZE_CROPS", "[32]",
         "DATASETS.TRAIN", f"('{data_name}',)", "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.CHECKPOINT_PERIOD", "100000", "OUTPUT_DIR", output_dir,
@@ -147,8 +147,8 @@ def lg_tiny_opts(data_name: str, output_dir: str, max_iter: int) -> List[str]:
     return [
         "MODEL.VIT.DEPTH", "2", "MODEL.LOCALGLOBAL.HEAD_OUT_DIM", "64",
         "MODEL.LOCALGLOBAL.HEAD_HIDDEN_DIM", "64", "MODEL.LOCALGLOBAL.HEAD_BOTTLENECK_DIM", "32",
-        "MODEL.VIT.PRETRAIN_IMG_SIZE", "32", "INPUT.SSPRL.SIZE_CROPS", "[32, 16]",
-        "INPUT.SSPRL.NMB_CROPS", "[2, 2]",
+        "MODEL.VIT.PRETRAIN_IMG_SIZE", "32", "INPUT.PRETRAIN.SIZE_CROPS", "[32, 16]",
+        "INPUT.PRETRAIN.NMB_CROPS", "[2, 2]",
         "DATASETS.TRAIN", f"('{data_name}',)", "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100000",

@@ -25,9 +25,9 @@ def tiny_cfg(**overrides):
     cfg.MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS = 0
     # the paper's value, so that tuning the CPU schedule does not move the golden loss
     cfg.MODEL.SSPRL.SINKHORN_EPSILON = 0.05
-    cfg.INPUT.SSPRL.SIZE_CROPS = [32, 16]
-    cfg.INPUT.SSPRL.PATCH_IMAGE_SIZES = [40, 54]
-    cfg.INPUT.SSPRL.PATCH_CROP_SIZES = [16, 16]
+    cfg.INPUT.PRETRAIN.SIZE_CROPS = [32, 16]
+    cfg.INPUT.PRETRAIN.PATCH_IMAGE_SIZES = [40, 54]
+    cfg.INPUT.PRETRAIN.PATCH_CROP_SIZES = [16, 16]
     cfg.SOLVER.IMS_PER_BATCH = 8
     cfg.MODEL.DEVICE = "cpu"
     return set_keys(cfg, **overrides)
@@ -42,7 +42,7 @@ def mls_tiny_cfg(**overrides):
     cfg.MODEL.MLS.HEAD_OUT_DIM = 16
     cfg.MODEL.MLS.DICTIONARY_LENGTH = 12
     cfg.MODEL.MLS.TOP_K = 3
-    cfg.INPUT.SSPRL.SIZE_CROPS = [32]
+    cfg.INPUT.PRETRAIN.SIZE_CROPS = [32]
     cfg.SOLVER.IMS_PER_BATCH = 4
     return set_keys(cfg, **overrides)
 

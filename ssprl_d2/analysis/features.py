@@ -160,8 +160,8 @@ def extract_features(
         dataset_dicts: Detectron2 dataset dicts with ``"file_name"``; unreadable files are
             skipped with a warning.
         image_size: side to which whole images are resized (the scale-0 global crop size).
-        grids: cells per side of each patch scale s = 1..S (``INPUT.SSPRL.GRIDS``).
-        cell_sizes: side of each scale's cells (``INPUT.SSPRL.PATCH_CROP_SIZES``).
+        grids: cells per side of each patch scale s = 1..S (``INPUT.PRETRAIN.GRIDS``).
+        cell_sizes: side of each scale's cells (``INPUT.PRETRAIN.PATCH_CROP_SIZES``).
         batch_size: images per forward pass.
         thumb_size: side of the thumbnails kept for figures.
         with_embeddings: also project through the heads and prototypes (when the model has them).

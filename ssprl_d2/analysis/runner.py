@@ -137,7 +137,7 @@ class _Report:
         dicts = DatasetCatalog.get(name)[: self.opts.num_images]
         if not dicts:
             raise ValueError(f"dataset {name!r} has no images")
-        ci = self.cfg.INPUT.SSPRL
+        ci = self.cfg.INPUT.PRETRAIN
         num_patch_scales = self.model.num_scales - 1 if has_prototypes(self.model) else 0
         self.feats: ImageFeatures = extract_features(
             self.model, dicts, ci.SIZE_CROPS[0], list(ci.GRIDS)[:num_patch_scales],
@@ -369,7 +369,7 @@ class _Report:
             bank_labels, bank_classes = _labels(bank_name, dicts)
             if bank_labels is not None and bank_classes == self.classes:
                 t = time.perf_counter()
-                bf = extract_features(self.model, dicts, self.cfg.INPUT.SSPRL.SIZE_CROPS[0],
+                bf = extract_features(self.model, dicts, self.cfg.INPUT.PRETRAIN.SIZE_CROPS[0],
                                       batch_size=self.opts.batch_size, with_embeddings=False,
                                       desc=f"{bank_name} (kNN bank)" if self.opts.progress
                                       else None)
@@ -398,7 +398,7 @@ class _Report:
         sec = Section("MLS pseudo-positive pairs (top-k of g1 . Q_g)")
         t = time.perf_counter()
         with _key_trunk(self.model):
-            keys = extract_features(self.model, self.dicts, self.cfg.INPUT.SSPRL.SIZE_CROPS[0],
+            keys = extract_features(self.model, self.dicts, self.cfg.INPUT.PRETRAIN.SIZE_CROPS[0],
                                     batch_size=self.opts.batch_size, with_embeddings=False,
                                     desc="key encoder" if self.opts.progress else None)
         self.timings["key_extract_s"] = time.perf_counter() - t

@@ -153,8 +153,8 @@ def build_parts(out_dir: str, quick: bool, python: str = sys.executable) -> List
         pre_batch = 4
         pre_opts = [
             "MODEL.SSPRL.HEAD_HIDDEN_DIM", "64", "MODEL.SSPRL.HEAD_OUT_DIM", "16",
-            "INPUT.SSPRL.SIZE_CROPS", "[32, 16]", "INPUT.SSPRL.PATCH_IMAGE_SIZES", "[40, 54]",
-            "INPUT.SSPRL.PATCH_CROP_SIZES", "[16, 16]", "SOLVER.IMS_PER_BATCH", str(pre_batch),
+            "INPUT.PRETRAIN.SIZE_CROPS", "[32, 16]", "INPUT.PRETRAIN.PATCH_IMAGE_SIZES", "[40, 54]",
+            "INPUT.PRETRAIN.PATCH_CROP_SIZES", "[16, 16]", "SOLVER.IMS_PER_BATCH", str(pre_batch),
             "DATALOADER.NUM_WORKERS", "0", "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
         ]  # fmt: skip
         iters, resume_iters, ckpt = 3, 5, 3

@@ -130,9 +130,9 @@ def measure_throughput(
         add("steps", row)
     if switch_batch and device == "cuda":
         variants = {
-            "channels_last": (["MODEL.SSPRL.CHANNELS_LAST", "True"], torch.float16),
+            "channels_last": (["MODEL.PRETRAIN.CHANNELS_LAST", "True"], torch.float16),
             "bfloat16": ([], torch.bfloat16),
-            "channels_last+bfloat16": (["MODEL.SSPRL.CHANNELS_LAST", "True"], torch.bfloat16),
+            "channels_last+bfloat16": (["MODEL.PRETRAIN.CHANNELS_LAST", "True"], torch.bfloat16),
         }
         for label, (extra, dtype) in variants.items():
             row = _one_setting(

@@ -221,7 +221,7 @@ def bench_view_generator(
 
     Args:
         images: decoded uint8 [H, W, 3] RGB images, cycled through.
-        cfg_or_kwargs: a config with ``INPUT.SSPRL`` or a dict of the keyword arguments of
+        cfg_or_kwargs: a config with ``INPUT.PRETRAIN`` or a dict of the keyword arguments of
             :class:`PyramidViewGenerator` and (optionally) :class:`BatchPhotometric`.
         iters: images timed per CPU figure.
         device_batch: images per batched photometric call.

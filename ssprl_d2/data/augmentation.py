@@ -1,6 +1,6 @@
 """Where the photometric part of the view recipe runs, decided in one place.
 
-``INPUT.SSPRL.PHOTOMETRIC_ON`` places it on the training device ("model": batched,
+``INPUT.PRETRAIN.PHOTOMETRIC_ON`` places it on the training device ("model": batched,
 :class:`BatchPhotometric`) or in the data workers ("worker": per crop on uint8,
 :class:`WorkerPhotometric`); both draw from the same distributions. :func:`build_photometric` is
 the only reader of the key (as Detectron2's ``build_augmentation(cfg, is_train)``), and
@@ -14,19 +14,19 @@ from .photometric_cpu import WorkerPhotometric
 __all__ = ["PHOTOMETRIC_PLACES", "build_photometric", "group_seed"]
 
 
-# where INPUT.SSPRL.PHOTOMETRIC_ON may place the photometric part
+# where INPUT.PRETRAIN.PHOTOMETRIC_ON may place the photometric part
 PHOTOMETRIC_PLACES = ("model", "worker")
 
 
 def build_photometric(cfg, where: str) -> Optional[Union[BatchPhotometric, WorkerPhotometric]]:
     """The photometric module for ``where`` ("model" or "worker"), or None if it runs elsewhere.
 
-    The one place that reads and validates ``INPUT.SSPRL.PHOTOMETRIC_ON`` (as Detectron2's
+    The one place that reads and validates ``INPUT.PRETRAIN.PHOTOMETRIC_ON`` (as Detectron2's
     ``build_augmentation(cfg, is_train)``): the data mapper asks for "worker", the model for
     "model", and exactly one of them gets the module.
 
     Args:
-        cfg: a config with ``INPUT.SSPRL``.
+        cfg: a config with ``INPUT.PRETRAIN``.
         where: the caller's place, "model" or "worker".
 
     Returns:
@@ -37,10 +37,10 @@ def build_photometric(cfg, where: str) -> Optional[Union[BatchPhotometric, Worke
     Raises:
         ValueError: ``PHOTOMETRIC_ON`` or ``where`` is not one of "model", "worker".
     """
-    placed = cfg.INPUT.SSPRL.PHOTOMETRIC_ON
+    placed = cfg.INPUT.PRETRAIN.PHOTOMETRIC_ON
     if placed not in PHOTOMETRIC_PLACES:
         raise ValueError(
-            f"INPUT.SSPRL.PHOTOMETRIC_ON must be one of {PHOTOMETRIC_PLACES}, got {placed!r}"
+            f"INPUT.PRETRAIN.PHOTOMETRIC_ON must be one of {PHOTOMETRIC_PLACES}, got {placed!r}"
         )
     if where not in PHOTOMETRIC_PLACES:
         raise ValueError(f"where must be one of {PHOTOMETRIC_PLACES}, got {where!r}")

@@ -200,7 +200,7 @@ def build_pretrain_loader(cfg, mapper: Optional[PyramidDatasetMapper] = None) ->
         cfg.DATALOADER.NUM_WORKERS, local * image_bytes * cfg.SOLVER.IMS_PER_BATCH // world,
         _PREFETCH,
     )  # fmt: skip
-    speed = cfg.DATALOADER.SSPRL
+    speed = cfg.DATALOADER.PRETRAIN
     return PretrainLoader(
         dataset,
         sampler,

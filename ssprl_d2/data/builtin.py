@@ -246,7 +246,7 @@ def register_builtin_datasets(root: Optional[str] = None) -> None:
 
 
 def register_from_cfg(cfg) -> List[str]:
-    """Register the datasets listed in ``cfg.DATASETS.SSPRL.REGISTER``.
+    """Register the datasets listed in ``cfg.DATASETS.PRETRAIN.REGISTER``.
 
     Args:
         cfg: a config with the SS-PRL nodes; ``REGISTER`` is a flat list of string triples
@@ -259,21 +259,21 @@ def register_from_cfg(cfg) -> List[str]:
         ValueError: the list is malformed, or a name is already registered differently.
     """
     try:
-        entries = list(cfg.DATASETS.SSPRL.REGISTER)
+        entries = list(cfg.DATASETS.PRETRAIN.REGISTER)
     except AttributeError as e:
-        raise ValueError("cfg has no DATASETS.SSPRL.REGISTER; call add_ssprl_config(cfg)") from e
+        raise ValueError("cfg has no DATASETS.PRETRAIN.REGISTER; call add_ssprl_config(cfg)") from e
     if len(entries) % 3 != 0:
         raise ValueError(
-            "DATASETS.SSPRL.REGISTER must be a flat list of [name, json_file, image_root] "
+            "DATASETS.PRETRAIN.REGISTER must be a flat list of [name, json_file, image_root] "
             f"triples; got {len(entries)} entries: {entries!r}"
         )
     if not all(isinstance(e, str) for e in entries):
-        raise ValueError(f"DATASETS.SSPRL.REGISTER entries must all be strings: {entries!r}")
+        raise ValueError(f"DATASETS.PRETRAIN.REGISTER entries must all be strings: {entries!r}")
     names = []
     for i in range(0, len(entries), 3):
         name, json_file, image_root = entries[i : i + 3]
         if not name:
-            raise ValueError(f"DATASETS.SSPRL.REGISTER entry {i // 3} has an empty name")
+            raise ValueError(f"DATASETS.PRETRAIN.REGISTER entry {i // 3} has an empty name")
         register_coco_format(name, json_file, image_root)
         names.append(name)
     return names

@@ -54,7 +54,7 @@ class PyramidDatasetMapper:
         return {
             "views": PyramidViewGenerator(cfg),
             "photometric": build_photometric(cfg, "worker"),
-            "record_boxes": cfg.INPUT.SSPRL.RECORD_BOXES,
+            "record_boxes": cfg.INPUT.PRETRAIN.RECORD_BOXES,
         }
 
     def __call__(self, dataset_dict: dict, seed: int) -> dict:

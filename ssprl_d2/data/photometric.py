@@ -194,7 +194,7 @@ class BatchPhotometric(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
-        """Read the photometric recipe from ``cfg.INPUT.SSPRL``.
+        """Read the photometric recipe from ``cfg.INPUT.PRETRAIN``.
 
         Args:
             cfg: a Detectron2 config with :func:`ssprl_d2.config.add_ssprl_config` applied.
@@ -202,7 +202,7 @@ class BatchPhotometric(nn.Module):
         Returns:
             keyword arguments of ``__init__``.
         """
-        c = cfg.INPUT.SSPRL
+        c = cfg.INPUT.PRETRAIN
         return {
             "color_jitter": list(c.COLOR_JITTER),
             "color_jitter_prob": float(c.COLOR_JITTER_PROB),

@@ -128,7 +128,7 @@ class WorkerPhotometric:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
-        """Read the photometric recipe from ``cfg.INPUT.SSPRL`` (as :class:`BatchPhotometric`)."""
+        """Read the photometric recipe from ``cfg.INPUT.PRETRAIN`` (as :class:`BatchPhotometric`)."""
         return BatchPhotometric.from_config(cfg)
 
     def augment(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -305,7 +305,7 @@ class PyramidViewGenerator:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
-        """Read the recipe from ``cfg.INPUT.SSPRL``.
+        """Read the recipe from ``cfg.INPUT.PRETRAIN``.
 
         Args:
             cfg: a Detectron2 config with :func:`ssprl_d2.config.add_ssprl_config` applied.
@@ -313,7 +313,7 @@ class PyramidViewGenerator:
         Returns:
             keyword arguments of ``__init__``.
         """
-        c = cfg.INPUT.SSPRL
+        c = cfg.INPUT.PRETRAIN
         return {
             "nmb_crops": list(c.NMB_CROPS),
             "size_crops": list(c.SIZE_CROPS),

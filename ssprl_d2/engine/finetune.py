@@ -1,10 +1,10 @@
 """Optimiser and lr schedule of fine-tuning (detection, semantic segmentation), composed by
 ``tools/train_net.py``.
 
-ResNet fine-tuning keeps Detectron2's default (SGD). ``SOLVER.SSPRL.OPTIMIZER: "AdamW"`` gives
+ResNet fine-tuning keeps Detectron2's default (SGD). ``SOLVER.PRETRAIN.OPTIMIZER: "AdamW"`` gives
 ViTDet's optimiser: AdamW, no weight decay on norms and position embeddings (biases decay as
 ``SOLVER.WEIGHT_DECAY_BIAS`` says; ViTDet: as weights), and
-layer-wise learning-rate decay over the ViT's blocks (``SOLVER.SSPRL.LAYER_DECAY``).
+layer-wise learning-rate decay over the ViT's blocks (``SOLVER.PRETRAIN.LAYER_DECAY``).
 """
 from functools import partial
 
@@ -30,12 +30,12 @@ def build_finetune_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         the optimiser; the lr schedule comes from Detectron2's ``build_lr_scheduler``.
     """
     s = cfg.SOLVER
-    if s.SSPRL.OPTIMIZER != "AdamW":
+    if s.PRETRAIN.OPTIMIZER != "AdamW":
         return build_optimizer(cfg, model)
     lr_factor = None
-    if s.SSPRL.LAYER_DECAY < 1.0:
+    if s.PRETRAIN.LAYER_DECAY < 1.0:
         lr_factor = partial(
-            get_vit_lr_decay_rate, lr_decay_rate=s.SSPRL.LAYER_DECAY, num_layers=cfg.MODEL.VIT.DEPTH
+            get_vit_lr_decay_rate, lr_decay_rate=s.PRETRAIN.LAYER_DECAY, num_layers=cfg.MODEL.VIT.DEPTH
         )
     params = get_default_optimizer_params(
         model,

@@ -29,11 +29,11 @@ def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum, wrapped in LARS (timm's, no trust clipping) unless configured off.
 
     As in the release every parameter, BN and bias included, gets weight decay and the layer-wise
-    trust ratio, unless ``SOLVER.SSPRL.LARS_EXCLUDE_BN_BIAS`` moves the 1-d tensors (BN weights,
+    trust ratio, unless ``SOLVER.PRETRAIN.LARS_EXCLUDE_BN_BIAS`` moves the 1-d tensors (BN weights,
     biases) to a group without either (SwAV's and solo-learn's ``exclude_bias_n_norm``).
 
     Args:
-        cfg: config with ``SOLVER.SSPRL``.
+        cfg: config with ``SOLVER.PRETRAIN``.
         model: the pre-trainer.
 
     Returns:
@@ -41,8 +41,8 @@ def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """
     s = cfg.SOLVER
     params = [p for p in model.parameters() if p.requires_grad]
-    if s.SSPRL.OPTIMIZER == "LARS":
-        if s.SSPRL.LARS_EXCLUDE_BN_BIAS:
+    if s.PRETRAIN.OPTIMIZER == "LARS":
+        if s.PRETRAIN.LARS_EXCLUDE_BN_BIAS:
             # SwAV / solo-learn: 1-d tensors (BN weights and biases, linear and conv biases) get
             # plain SGD steps, without weight decay or trust ratio
             params = [
@@ -55,18 +55,18 @@ def build_pretrain_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             lr=s.BASE_LR,
             momentum=s.MOMENTUM,
             weight_decay=s.WEIGHT_DECAY,
-            trust_coeff=s.SSPRL.LARS_TRUST,
+            trust_coeff=s.PRETRAIN.LARS_TRUST,
             trust_clip=False,
             always_adapt=True,
         )
-    if s.SSPRL.OPTIMIZER == "SGD":
+    if s.PRETRAIN.OPTIMIZER == "SGD":
         return torch.optim.SGD(
             params, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY
         )
-    if s.SSPRL.OPTIMIZER == "AdamW":
+    if s.PRETRAIN.OPTIMIZER == "AdamW":
         return build_adamw(cfg, model)
     raise ValueError(
-        f"SOLVER.SSPRL.OPTIMIZER must be 'LARS', 'SGD' or 'AdamW', got {s.SSPRL.OPTIMIZER!r}"
+        f"SOLVER.PRETRAIN.OPTIMIZER must be 'LARS', 'SGD' or 'AdamW', got {s.PRETRAIN.OPTIMIZER!r}"
     )
 
 
@@ -127,7 +127,7 @@ def build_pretrain_hooks(cfg, dataset_size: int, model: nn.Module) -> List[HookB
     """
     model = unwrap_model(model)
     epoch = iterations_per_epoch(
-        dataset_size, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size(), cfg.SOLVER.SSPRL.DROP_LAST
+        dataset_size, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size(), cfg.SOLVER.PRETRAIN.DROP_LAST
     )
     logger.info(f"{epoch} iterations per epoch ({dataset_size} images)")
     start_iter = -1
@@ -141,9 +141,9 @@ def build_pretrain_hooks(cfg, dataset_size: int, model: nn.Module) -> List[HookB
         FreezePrototypesHook(model.freeze_prototypes_iters),
     ]
     max_iter = cfg.SOLVER.MAX_ITER
-    if cfg.SOLVER.SSPRL.WEIGHT_DECAY_END >= 0:
+    if cfg.SOLVER.PRETRAIN.WEIGHT_DECAY_END >= 0:
         hooks.append(
-            WeightDecayScheduleHook(cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.SSPRL.WEIGHT_DECAY_END,
+            WeightDecayScheduleHook(cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.PRETRAIN.WEIGHT_DECAY_END,
                                     max_iter)
         )
     teacher = model.teacher_schedule()

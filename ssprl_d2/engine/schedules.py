@@ -11,7 +11,7 @@ is shifted. The references run the cosine after the warm-up instead:
   start of every epoch, ``base (1 + cos(pi e / E)) / 2``.
 
 ``SOLVER.LR_SCHEDULER_NAME: "WarmupThenCosineLR"`` builds both (the epoch steps with
-``SOLVER.SSPRL.COSINE_STEP_ITERS``); the trainer's ``build_lr_scheduler`` dispatches on the name.
+``SOLVER.PRETRAIN.COSINE_STEP_ITERS``); the trainer's ``build_lr_scheduler`` dispatches on the name.
 """
 from detectron2.config import CfgNode
 from detectron2.solver.lr_scheduler import LRMultiplier
@@ -79,7 +79,7 @@ def build_warmup_then_cosine_lr(cfg: CfgNode, optimizer: Optimizer) -> LRSchedul
 
     Args:
         cfg: config with ``SOLVER``: ``BASE_LR``, ``BASE_LR_END``, ``WARMUP_ITERS``,
-            ``WARMUP_FACTOR``, ``MAX_ITER`` and ``SSPRL.COSINE_STEP_ITERS``.
+            ``WARMUP_FACTOR``, ``MAX_ITER`` and ``PRETRAIN.COSINE_STEP_ITERS``.
         optimizer: the optimiser whose groups' learning rates it multiplies.
 
     Returns:
@@ -92,6 +92,6 @@ def build_warmup_then_cosine_lr(cfg: CfgNode, optimizer: Optimizer) -> LRSchedul
     if not 0.0 <= end_factor <= 1.0:
         raise ValueError(f"SOLVER.BASE_LR_END {s.BASE_LR_END} must lie in [0, BASE_LR]")
     multiplier = WarmupThenCosine(
-        s.MAX_ITER, s.WARMUP_ITERS, s.WARMUP_FACTOR, end_factor, s.SSPRL.COSINE_STEP_ITERS
+        s.MAX_ITER, s.WARMUP_ITERS, s.WARMUP_FACTOR, end_factor, s.PRETRAIN.COSINE_STEP_ITERS
     )
     return LRMultiplier(optimizer, multiplier=multiplier, max_iter=s.MAX_ITER)

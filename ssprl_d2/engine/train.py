@@ -191,11 +191,11 @@ class Trainer(DefaultTrainer):
 
 
 def amp_options(cfg):
-    """AMPTrainer's autocast dtype from SOLVER.SSPRL.AMP_DTYPE; bfloat16 needs no loss scaling."""
+    """AMPTrainer's autocast dtype from SOLVER.PRETRAIN.AMP_DTYPE; bfloat16 needs no loss scaling."""
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-    name = cfg.SOLVER.SSPRL.AMP_DTYPE
+    name = cfg.SOLVER.PRETRAIN.AMP_DTYPE
     if name not in dtypes:
-        raise ValueError(f"SOLVER.SSPRL.AMP_DTYPE must be one of {sorted(dtypes)}, got {name!r}")
+        raise ValueError(f"SOLVER.PRETRAIN.AMP_DTYPE must be one of {sorted(dtypes)}, got {name!r}")
     options = {"precision": dtypes[name]}
     if name == "bfloat16":
         options["grad_scaler"] = torch.amp.GradScaler("cuda", enabled=False)
@@ -243,7 +243,7 @@ def checked_config(args, files: bool = True) -> CfgNode:
     """The run's config, with every input checked before anything is built or written.
 
     The config file and keys (:func:`~ssprl_d2.checks.load_config_checked`), the user's datasets
-    (``DATASETS.SSPRL.REGISTER``) and the ones named in ``DATASETS``, ``MODEL.WEIGHTS`` (unless a
+    (``DATASETS.PRETRAIN.REGISTER``) and the ones named in ``DATASETS``, ``MODEL.WEIGHTS`` (unless a
     ``--resume`` continues a run), the ``--resume`` target, and the settings against the machine.
 
     Args:

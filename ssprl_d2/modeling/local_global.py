@@ -101,11 +101,11 @@ class LocalGlobal(MomentumPretrainer):
                 frozen epochs (None: constant ``momentum`` and ``teacher_temp``, nothing frozen).
         """
         if any(spec.scale != 0 for spec in layout):
-            raise ValueError("LocalGlobal takes scale-0 crops only: set INPUT.SSPRL.GRIDS []")
+            raise ValueError("LocalGlobal takes scale-0 crops only: set INPUT.PRETRAIN.GRIDS []")
         if not 1 <= num_global <= len(layout):
             raise ValueError(f"num_global {num_global} outside 1..{len(layout)}")
         if len({spec.size for spec in layout[:num_global]}) != 1:
-            raise ValueError("the global crops must share one size (INPUT.SSPRL.SIZE_CROPS[0])")
+            raise ValueError("the global crops must share one size (INPUT.PRETRAIN.SIZE_CROPS[0])")
         for spec in layout:
             if spec.size % patch_size:
                 raise ValueError(
@@ -145,9 +145,9 @@ class LocalGlobal(MomentumPretrainer):
 
     @classmethod
     def from_config(cls, cfg):
-        c, ci, v = cfg.MODEL.LOCALGLOBAL, cfg.INPUT.SSPRL, cfg.MODEL.VIT
+        c, ci, v = cfg.MODEL.LOCALGLOBAL, cfg.INPUT.PRETRAIN, cfg.MODEL.VIT
         if not ci.RECORD_BOXES and c.PATCH_LOSS:
-            raise ValueError("patch matching needs the crops' boxes: set INPUT.SSPRL.RECORD_BOXES")
+            raise ValueError("patch matching needs the crops' boxes: set INPUT.PRETRAIN.RECORD_BOXES")
         backbone = build_timm_vit(
             img_size=v.PRETRAIN_IMG_SIZE,
             patch_size=v.PATCH_SIZE,
@@ -160,7 +160,7 @@ class LocalGlobal(MomentumPretrainer):
         if v.PRETRAIN_IMG_SIZE != ci.SIZE_CROPS[0]:
             raise ValueError(
                 f"MODEL.VIT.PRETRAIN_IMG_SIZE {v.PRETRAIN_IMG_SIZE} must equal the global crop "
-                f"side INPUT.SSPRL.SIZE_CROPS[0] {ci.SIZE_CROPS[0]}"
+                f"side INPUT.PRETRAIN.SIZE_CROPS[0] {ci.SIZE_CROPS[0]}"
             )
         return {
             "backbone": backbone,
@@ -189,8 +189,8 @@ class LocalGlobal(MomentumPretrainer):
                 warmup_temp_epochs=c.WARMUP_TEACHER_TEMP_EPOCHS,
                 freeze_last_layer_epochs=c.FREEZE_LAST_LAYER_EPOCHS,
             ),
-            "crop_grouping": cfg.MODEL.SSPRL.CROP_GROUPING,
-            "compile_trunk": cfg.MODEL.SSPRL.COMPILE_TRUNK,
+            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
+            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
         }
 
     # ------------------------------------------------ what the pre-training hooks ask for
@@ -206,7 +206,7 @@ class LocalGlobal(MomentumPretrainer):
     def _geometry(self, batched_inputs: List[dict]):
         if "boxes" not in batched_inputs[0]:
             raise ValueError(
-                "inputs carry no crop boxes: set INPUT.SSPRL.RECORD_BOXES True for LocalGlobal"
+                "inputs carry no crop boxes: set INPUT.PRETRAIN.RECORD_BOXES True for LocalGlobal"
             )
         boxes = torch.stack([x["boxes"] for x in batched_inputs]).tolist()  # B x K x 4
         flips = torch.stack([x["flips"] for x in batched_inputs]).tolist()  # B x K

@@ -127,7 +127,7 @@ class MLS(MomentumPretrainer):
         """
         if len(layout) != 2 or any(spec.scale != 0 for spec in layout):
             raise ValueError(
-                "MLS takes two crops per image: INPUT.SSPRL.NMB_CROPS [2] (or [1, 1]) and "
+                "MLS takes two crops per image: INPUT.PRETRAIN.NMB_CROPS [2] (or [1, 1]) and "
                 f"GRIDS []; the layout has {len(layout)} crops"
             )
         if key_bn not in KEY_BN_MODES:
@@ -170,7 +170,7 @@ class MLS(MomentumPretrainer):
 
     @classmethod
     def from_config(cls, cfg):
-        c, ci = cfg.MODEL.MLS, cfg.INPUT.SSPRL
+        c, ci = cfg.MODEL.MLS, cfg.INPUT.PRETRAIN
         if c.KEY_BN == "shuffle" and "Sync" in cfg.MODEL.RESNETS.NORM:
             logger.warning(
                 "MODEL.MLS.KEY_BN 'shuffle' with a synchronised trunk norm: the shuffle changes "
@@ -197,9 +197,9 @@ class MLS(MomentumPretrainer):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
-            "crop_grouping": cfg.MODEL.SSPRL.CROP_GROUPING,
-            "channels_last": cfg.MODEL.SSPRL.CHANNELS_LAST,
-            "compile_trunk": cfg.MODEL.SSPRL.COMPILE_TRUNK,
+            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
+            "channels_last": cfg.MODEL.PRETRAIN.CHANNELS_LAST,
+            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
         }
 
     # ---------------------------------------------------------------- encoders

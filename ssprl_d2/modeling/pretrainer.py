@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-# MODEL.SSPRL.CROP_GROUPING: which crops share one trunk call
+# MODEL.PRETRAIN.CROP_GROUPING: which crops share one trunk call
 CROP_GROUPINGS = ("size", "consecutive")
 
 SizeGroups = List[Tuple[int, List[int]]]
@@ -103,7 +103,7 @@ def augmented_crop_groups(
         else:
             raise ValueError(
                 "crops arrive without photometric augmentation and the model has none: "
-                "INPUT.SSPRL.PHOTOMETRIC_ON must match between the data loader and the model"
+                "INPUT.PRETRAIN.PHOTOMETRIC_ON must match between the data loader and the model"
             )
         yield indices, crops
 

@@ -72,6 +72,7 @@ class SSPRL(Pretrainer):
         cross_targets: str = "paired",
         loss_reduction: str = "sum",
         queue_lengths: Sequence[int] = (),
+        queue_join: str = "full",
         photometric: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -97,6 +98,8 @@ class SSPRL(Pretrainer):
             loss_reduction: "sum" (paper) or "mean" (SwAV, release) over the assigned crops of a
                 scale and over L_cross's terms.
             queue_lengths: per-process queue length per scale (0: none).
+            queue_join: "full" (a queue joins Sinkhorn once it is full) or "any" (the release:
+                every switched-on queue joins once any queue was full, see :meth:`_queue_joins`).
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
             pixel_mean, pixel_std, trunk_name, crop_grouping, channels_last, compile_trunk:
@@ -171,6 +174,10 @@ class SSPRL(Pretrainer):
         self.cross_mu = cross_mu
         self.cross_targets = cross_targets
         self.loss_reduction = loss_reduction
+        if queue_join not in ("full", "any"):
+            raise ValueError(f"QUEUE_JOIN must be 'full' or 'any', got {queue_join!r}")
+        self.queue_join = queue_join
+        self._queues_joined = False
 
     @staticmethod
     def _scale_views(layout: Sequence[CropSpec], num_scales: int) -> List[List[List[int]]]:
@@ -182,7 +189,7 @@ class SSPRL(Pretrainer):
 
     @classmethod
     def from_config(cls, cfg):
-        c, ci = cfg.MODEL.SSPRL, cfg.INPUT.SSPRL
+        c, ci = cfg.MODEL.SSPRL, cfg.INPUT.PRETRAIN
         backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         layout = build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, ci.GRIDS, ci.PATCH_CROP_SIZES)
         world = comm.get_world_size()
@@ -214,15 +221,16 @@ class SSPRL(Pretrainer):
             "cross_targets": c.CROSS_TARGETS,
             "loss_reduction": c.LOSS_REDUCTION,
             "queue_lengths": queue_lengths,
+            "queue_join": c.QUEUE_JOIN,
             "photometric": build_photometric(cfg, "model"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
-            "crop_grouping": c.CROP_GROUPING,
+            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
             "queue_start_epoch": c.QUEUE_START_EPOCH,
             "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
-            "channels_last": c.CHANNELS_LAST,
-            "compile_trunk": c.COMPILE_TRUNK,
+            "channels_last": cfg.MODEL.PRETRAIN.CHANNELS_LAST,
+            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
         }
 
     def prototype_modules(self) -> List[nn.Module]:
@@ -259,6 +267,7 @@ class SSPRL(Pretrainer):
         """Empty every queue (it refills, and joins Sinkhorn again once full)."""
         for queue in self.queue_modules():
             queue.reset()
+        self._queues_joined = False
 
     def scale_assignments(
         self, scale: int, pooled: torch.Tensor
@@ -295,9 +304,19 @@ class SSPRL(Pretrainer):
         return per_crop  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- codes
+    def _queue_joins(self, queue: EmbeddingQueue) -> bool:
+        # "any": the release's use_the_queue, set by the first full queue met (scale 0's views,
+        # then each patch scale's, in the release's order) and kept from then on
+        if self.queue_join == "any":
+            if queue.active and queue.length > 0 and (self._queues_joined or queue.ready):
+                self._queues_joined = True
+                return True
+            return False
+        return queue.ready
+
     def _codes(self, scale: int, view: int, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         queue = self.queues[scale]
-        if queue.ready:
+        if self._queue_joins(queue):
             with torch.no_grad():
                 queued = self.prototypes[scale](queue.embeddings[view].to(z.dtype))
             scores = torch.cat([queued, scores.detach()])
