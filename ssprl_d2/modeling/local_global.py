@@ -1,7 +1,7 @@
 """Local-global patch matching on a ViT as a Detectron2 meta-architecture
 (``META_ARCHITECTURE: "LocalGlobal"``, METHODS.md section 5)."""
 import logging
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +9,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..data.augmentation import build_photometric
-from ..data.views import CropSpec, build_view_layout
+from ..data.views import build_view_layout
 from .dino_loss import (
     LOSS_AVERAGES,
     entropy,
@@ -58,8 +57,6 @@ class LocalGlobal(MomentumPretrainer):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        layout: Sequence[CropSpec],
         num_global: int,
         patch_size: int,
         head_out_dim: int,
@@ -72,19 +69,11 @@ class LocalGlobal(MomentumPretrainer):
         momentum: float = 0.996,
         patch_loss: bool = True,
         loss_average: str = "tokens",
-        photometric: Optional[nn.Module] = None,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        trunk_name: str = "ViT",
         schedule: Optional[TeacherSchedule] = None,
-        crop_grouping: str = "size",
-        compile_trunk: bool = False,
+        **base,
     ):
         """
         Args:
-            backbone: the student ViT (``forward_features`` gives CLS + patch tokens, and an
-                ``embed_dim`` attribute).
-            layout: the scale-0 crops of an input's ``"crops"`` (no grid patches).
             num_global: the first ``num_global`` crops are global views (teacher inputs).
             patch_size: the ViT's patch side (a crop of side S has an (S / p)^2 grid).
             head_out_dim, head_hidden_dim, head_bottleneck_dim, norm_last_layer: DINO head.
@@ -93,13 +82,14 @@ class LocalGlobal(MomentumPretrainer):
             momentum: lambda of the teacher EMA (the hook schedules it).
             patch_loss: False keeps the CLS terms only (the CLS-only ablation, i.e. DINO).
             loss_average: "tokens" or "terms", see :func:`local_global_pair_loss`.
-            photometric: batched photometric augmentation on the training device, or None when
-                the data workers applied it.
-            pixel_mean, pixel_std, trunk_name, crop_grouping, compile_trunk: see
-                :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`.
             schedule: the teacher's momentum and temperature schedules and the last layer's
                 frozen epochs (None: constant ``momentum`` and ``teacher_temp``, nothing frozen).
+            base: :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`'s (``backbone``: the student
+                ViT, whose ``forward_features`` gives CLS + patch tokens, with an ``embed_dim``;
+                ``layout``: the scale-0 crops of an input's ``"crops"``, no grid patches; pixel
+                statistics, ``photometric``, ``trunk_name`` and the switches).
         """
+        layout = base["layout"]
         if any(spec.scale != 0 for spec in layout):
             raise ValueError("LocalGlobal takes scale-0 crops only: set INPUT.PRETRAIN.GRIDS []")
         if not 1 <= num_global <= len(layout):
@@ -113,19 +103,9 @@ class LocalGlobal(MomentumPretrainer):
                 )
         if loss_average not in LOSS_AVERAGES:
             raise ValueError(f"MODEL.LOCALGLOBAL.LOSS_AVERAGE must be one of {LOSS_AVERAGES}")
-        super().__init__(
-            backbone=backbone,
-            layout=layout,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            trunk_name=trunk_name,
-            photometric=photometric,
-            crop_grouping=crop_grouping,
-            compile_trunk=compile_trunk,
-            momentum=momentum,
-        )
+        super().__init__(momentum=momentum, **base)
         self.head = DINOHead(
-            backbone.embed_dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
+            self.backbone.embed_dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
             norm_last_layer,
         )
         self.add_momentum_copies()
@@ -177,9 +157,6 @@ class LocalGlobal(MomentumPretrainer):
             "momentum": c.MOMENTUM,
             "patch_loss": c.PATCH_LOSS,
             "loss_average": c.LOSS_AVERAGE,
-            "photometric": build_photometric(cfg, "model"),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
             "trunk_name": vit_name(v.EMBED_DIM, v.PATCH_SIZE),
             "schedule": TeacherSchedule(
                 momentum=c.MOMENTUM,
@@ -189,8 +166,7 @@ class LocalGlobal(MomentumPretrainer):
                 warmup_temp_epochs=c.WARMUP_TEACHER_TEMP_EPOCHS,
                 freeze_last_layer_epochs=c.FREEZE_LAST_LAYER_EPOCHS,
             ),
-            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
-            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
+            **cls.shared_config(cfg),
         }
 
     # ------------------------------------------------ what the pre-training hooks ask for

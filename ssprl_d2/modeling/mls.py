@@ -5,12 +5,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..data.augmentation import build_photometric
-from ..data.views import CropSpec, build_view_layout
+from ..data.views import build_view_layout
 from .distributed import (
     concat_all_gather,
     local_permutation,
@@ -81,9 +79,6 @@ class MLS(MomentumPretrainer):
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        in_feature: str,
-        layout: Sequence[CropSpec],
         head_hidden_dim: int,
         head_out_dim: int,
         head_norm: str = "",
@@ -96,18 +91,10 @@ class MLS(MomentumPretrainer):
         key_bn: str = "sync",
         bn_splits: int = 1,
         precision_classes: int = 0,
-        photometric: Optional[nn.Module] = None,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        trunk_name: str = "ResNet",
-        crop_grouping: str = "size",
-        channels_last: bool = False,
-        compile_trunk: bool = False,
+        **base,
     ):
         """
         Args:
-            backbone: the query trunk; ``in_feature`` names its output that is average-pooled.
-            layout: the two crops of an input's ``"crops"`` (scale 0, no patches).
             head_hidden_dim, head_out_dim, head_norm: MLP head widths and norm ("" for none).
             momentum: m of the key encoder's EMA.
             temperature: tau of InfoNCE and of the multi-label logits.
@@ -120,11 +107,12 @@ class MLS(MomentumPretrainer):
                 norm sees a part only; with ``key_bn`` "shuffle" the keys are permuted before
                 they are split (MoCo's shuffle-BN on one process). 1: the whole batch.
             precision_classes: C for the pseudo-label precision scalar; 0 switches it off.
-            photometric: batched photometric augmentation applied on the training device, or
-                None when the data workers already applied it.
-            pixel_mean, pixel_std, trunk_name, crop_grouping, channels_last, compile_trunk:
-                see :class:`~ssprl_d2.modeling.pretrainer.Pretrainer` (both trunks).
+            base: :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`'s (the query trunk
+                ``backbone`` with its pooled ``in_feature``; ``layout``: the two crops of an
+                input's ``"crops"``, scale 0, no patches; pixel statistics, ``photometric``,
+                ``trunk_name`` and the switches, which apply to both trunks).
         """
+        layout = base["layout"]
         if len(layout) != 2 or any(spec.scale != 0 for spec in layout):
             raise ValueError(
                 "MLS takes two crops per image: INPUT.PRETRAIN.NMB_CROPS [2] (or [1, 1]) and "
@@ -136,20 +124,8 @@ class MLS(MomentumPretrainer):
             raise ValueError(f"MODEL.MLS.BN_SPLITS must be >= 1, got {bn_splits}")
         if top_k < 1 or top_k > dictionary_length:
             raise ValueError(f"TOP_K {top_k} must be in 1..DICTIONARY_LENGTH {dictionary_length}")
-        super().__init__(
-            backbone=backbone,
-            layout=layout,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            trunk_name=trunk_name,
-            photometric=photometric,
-            in_feature=in_feature,
-            crop_grouping=crop_grouping,
-            channels_last=channels_last,
-            compile_trunk=compile_trunk,
-            momentum=momentum,
-        )
-        trunk_dim = backbone.output_shape()[in_feature].channels
+        super().__init__(momentum=momentum, **base)
+        trunk_dim = self.backbone.output_shape()[self.in_feature].channels
         self.head = ProjectionHead(trunk_dim, head_hidden_dim, head_out_dim, head_norm)
         self.add_momentum_copies()
         fields: Dict[str, Tuple[int, torch.dtype]] = {
@@ -176,10 +152,9 @@ class MLS(MomentumPretrainer):
                 "MODEL.MLS.KEY_BN 'shuffle' with a synchronised trunk norm: the shuffle changes "
                 "nothing (set MODEL.RESNETS.NORM BN for MoCo v2's shuffle-BN)"
             )
-        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        trunk = cls.resnet_trunk_config(cfg)
         return {
-            "backbone": backbone,
-            "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
+            **trunk,
             "layout": build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, ci.GRIDS, ci.PATCH_CROP_SIZES),
             "head_hidden_dim": c.HEAD_HIDDEN_DIM,
             "head_out_dim": c.HEAD_OUT_DIM,
@@ -193,13 +168,7 @@ class MLS(MomentumPretrainer):
             "key_bn": c.KEY_BN,
             "bn_splits": c.BN_SPLITS,
             "precision_classes": c.PRECISION_CLASSES,
-            "photometric": build_photometric(cfg, "model"),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
-            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
-            "channels_last": cfg.MODEL.PRETRAIN.CHANNELS_LAST,
-            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
+            **cls.shared_config(cfg),
         }
 
     # ---------------------------------------------------------------- encoders

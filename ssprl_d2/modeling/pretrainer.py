@@ -7,14 +7,16 @@ one size are batched, moved to the device and photometrically augmented there, s
 (``"photometric_done"``); the trunk's output is pooled; scalars go to the event storage.
 """
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_resnet_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..data.augmentation import group_seed
+from ..data.augmentation import build_photometric, group_seed
 from ..data.views import CropSpec
 from .momentum import ema_update_, momentum_copy
 
@@ -186,7 +188,7 @@ class Pretrainer(nn.Module):
         layout: Sequence[CropSpec],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        trunk_name: str,
+        trunk_name: str = "",
         photometric: Optional[nn.Module] = None,
         in_feature: str = "",
         crop_grouping: str = "size",
@@ -198,7 +200,8 @@ class Pretrainer(nn.Module):
             backbone: the trunk (a Detectron2 ResNet returning a dict of maps, or a ViT).
             layout: the crop of every position of an input's ``"crops"`` list.
             pixel_mean, pixel_std: per-channel RGB normalisation on the 0-255 scale.
-            trunk_name: what the trunk is, for people ("ResNet-50", "ViT-S/16").
+            trunk_name: what the trunk is, for people ("ResNet-50", "ViT-S/16"; default: the
+                trunk's class name).
             photometric: batched photometric augmentation applied on the training device, or
                 None when the data workers already applied it.
             in_feature: the trunk output that is average-pooled ("res5"; ResNet trunks).
@@ -211,7 +214,7 @@ class Pretrainer(nn.Module):
         self.layout = list(layout)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.trunk_name = trunk_name
+        self.trunk_name = trunk_name or type(backbone).__name__
         self.photometric = photometric
         self.in_feature = in_feature
         self.size_groups = group_crops_by_size(self.layout, crop_grouping)
@@ -222,6 +225,30 @@ class Pretrainer(nn.Module):
             self.backbone.to(memory_format=torch.channels_last)
         if compile_trunk:
             self.backbone.compile()
+
+    @staticmethod
+    def shared_config(cfg) -> Dict[str, Any]:
+        """The base's arguments every pre-trainer reads alike from a config: the device-side
+        photometric module (None when the workers apply it), the pixel statistics and the
+        ``MODEL.PRETRAIN`` switches. A subclass's ``from_config`` adds the trunk and the layout."""
+        return {
+            "photometric": build_photometric(cfg, "model"),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
+            "channels_last": cfg.MODEL.PRETRAIN.CHANNELS_LAST,
+            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
+        }
+
+    @staticmethod
+    def resnet_trunk_config(cfg) -> Dict[str, Any]:
+        """A Detectron2 ResNet trunk from ``MODEL.RESNETS``: ``backbone``, the pooled
+        ``in_feature`` (its last output) and ``trunk_name``."""
+        return {
+            "backbone": build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))),
+            "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
+            "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
+        }
 
     @property
     def device(self) -> torch.device:

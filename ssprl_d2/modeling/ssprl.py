@@ -5,12 +5,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_resnet_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
-from ..data.augmentation import build_photometric
 from ..data.views import CropSpec, build_view_layout
 from .heads import CrossScaleLearner, ProjectionHead, Prototypes, unique_modules
 from .loss import (
@@ -53,9 +51,6 @@ class SSPRL(Pretrainer):
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        in_feature: str,
-        layout: Sequence[CropSpec],
         num_prototypes: Sequence[int],
         head_hidden_dim: int,
         head_out_dim: int,
@@ -73,20 +68,12 @@ class SSPRL(Pretrainer):
         loss_reduction: str = "sum",
         queue_lengths: Sequence[int] = (),
         queue_join: str = "full",
-        photometric: Optional[nn.Module] = None,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        trunk_name: str = "ResNet",
-        crop_grouping: str = "size",
         queue_start_epoch: int = -1,
         freeze_prototypes_iters: int = 0,
-        channels_last: bool = False,
-        compile_trunk: bool = False,
+        **base,
     ):
         """
         Args:
-            backbone: the trunk; ``in_feature`` names its output that is average-pooled.
-            layout: the crop of every position of an input's ``"crops"`` list.
             num_prototypes: K_s for s = 0..S.
             head_hidden_dim, head_out_dim, head_norm: projection head widths and norm.
             shared_prototypes: use C_0 at every scale (Table 4 ablation).
@@ -100,25 +87,13 @@ class SSPRL(Pretrainer):
             queue_lengths: per-process queue length per scale (0: none).
             queue_join: "full" (a queue joins Sinkhorn once it is full) or "any" (the release:
                 every switched-on queue joins once any queue was full, see :meth:`_queue_joins`).
-            photometric: batched photometric augmentation applied on the training device, or
-                None when the data workers already applied it.
-            pixel_mean, pixel_std, trunk_name, crop_grouping, channels_last, compile_trunk:
-                see :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`.
             queue_start_epoch: epoch at which the queues join Sinkhorn (negative: never).
             freeze_prototypes_iters: iterations without updates of C_s and g_phi.
+            base: :class:`~ssprl_d2.modeling.pretrainer.Pretrainer`'s (a ResNet ``backbone``
+                with its pooled ``in_feature``, ``layout``, pixel statistics, ``photometric``,
+                ``trunk_name`` and the switches).
         """
-        super().__init__(
-            backbone=backbone,
-            layout=layout,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            trunk_name=trunk_name,
-            photometric=photometric,
-            in_feature=in_feature,
-            crop_grouping=crop_grouping,
-            channels_last=channels_last,
-            compile_trunk=compile_trunk,
-        )
+        super().__init__(**base)
         self.queue_start_epoch = queue_start_epoch
         self.freeze_prototypes_iters = freeze_prototypes_iters
         self.num_scales = max(spec.scale for spec in self.layout) + 1
@@ -146,7 +121,7 @@ class SSPRL(Pretrainer):
         if max(crops_for_assign) >= len(self.scale_views[0]):
             raise ValueError(f"CROPS_FOR_ASSIGN {list(crops_for_assign)} beyond the scale-0 crops")
 
-        trunk_dim = backbone.output_shape()[in_feature].channels
+        trunk_dim = self.backbone.output_shape()[self.in_feature].channels
         self.heads = nn.ModuleList(
             ProjectionHead(trunk_dim, head_hidden_dim, head_out_dim, head_norm)
             for _ in range(self.num_scales)
@@ -190,7 +165,7 @@ class SSPRL(Pretrainer):
     @classmethod
     def from_config(cls, cfg):
         c, ci = cfg.MODEL.SSPRL, cfg.INPUT.PRETRAIN
-        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        trunk = cls.resnet_trunk_config(cfg)
         layout = build_view_layout(ci.NMB_CROPS, ci.SIZE_CROPS, ci.GRIDS, ci.PATCH_CROP_SIZES)
         world = comm.get_world_size()
         global_batch = cfg.SOLVER.IMS_PER_BATCH
@@ -202,8 +177,7 @@ class SSPRL(Pretrainer):
         if c.QUEUE_START_EPOCH < 0:
             queue_lengths = [0] * len(patches)
         return {
-            "backbone": backbone,
-            "in_feature": cfg.MODEL.RESNETS.OUT_FEATURES[-1],
+            **trunk,
             "layout": layout,
             "num_prototypes": c.NUM_PROTOTYPES,
             "head_hidden_dim": c.HEAD_HIDDEN_DIM,
@@ -222,15 +196,9 @@ class SSPRL(Pretrainer):
             "loss_reduction": c.LOSS_REDUCTION,
             "queue_lengths": queue_lengths,
             "queue_join": c.QUEUE_JOIN,
-            "photometric": build_photometric(cfg, "model"),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "trunk_name": f"ResNet-{cfg.MODEL.RESNETS.DEPTH}",
-            "crop_grouping": cfg.MODEL.PRETRAIN.CROP_GROUPING,
             "queue_start_epoch": c.QUEUE_START_EPOCH,
             "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
-            "channels_last": cfg.MODEL.PRETRAIN.CHANNELS_LAST,
-            "compile_trunk": cfg.MODEL.PRETRAIN.COMPILE_TRUNK,
+            **cls.shared_config(cfg),
         }
 
     def prototype_modules(self) -> List[nn.Module]:
