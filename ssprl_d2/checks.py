@@ -198,6 +198,10 @@ def check_datasets(names: Iterable[str], key: str) -> None:
             if isinstance(path, str) and path and not os.path.exists(path):
                 raise UserError(f"{key}: dataset {name!r} needs its {field} {path}, which does not "
                                 f"exist; {_LAYOUT_HINT}")  # fmt: skip
+        for path in meta.get("required_paths", ()):
+            if not os.path.exists(path):
+                raise UserError(f"{key}: dataset {name!r} needs {path}, which does not exist; "
+                                f"{meta.get('required_hint', _LAYOUT_HINT)}")  # fmt: skip
 
 
 def _is_remote(path: str) -> bool:

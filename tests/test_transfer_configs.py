@@ -365,3 +365,22 @@ def test_voc_train_aug_with_sbd_reads_the_aug_list_and_labels(tmp_path):
     dicts = load_voc_sem_seg(root, "train_aug")
     assert [d["image_id"] for d in dicts] == ["a", "b", "d"]
     assert dicts[2]["sem_seg_file_name"] == os.path.join(root, "SegmentationClassAug", "d.png")
+
+
+@pytest.mark.parametrize("with_sbd", [False, True])
+def test_the_up_front_checks_refuse_train_aug_without_sbd(tmp_path, with_sbd):
+    from ssprl_d2.checks import UserError, check_datasets
+    from ssprl_d2.data.builtin import register_voc_sem_seg
+
+    root = _voc2012(tmp_path / "VOC2012", with_sbd=with_sbd)
+    register_voc_sem_seg(root)
+    try:
+        if with_sbd:
+            check_datasets(["voc_2012_sem_seg_train_aug"], "DATASETS.TRAIN")
+        else:
+            with pytest.raises(UserError, match="SBD augmentation") as e:
+                check_datasets(["voc_2012_sem_seg_train_aug"], "DATASETS.TRAIN")
+            assert "train_aug.txt" in str(e.value) and "voc_2012_sem_seg_train" in str(e.value)
+            check_datasets(["voc_2012_sem_seg_train"], "DATASETS.TRAIN")  # asked for: fine
+    finally:
+        register_voc_sem_seg()  # back to the default root for the other tests

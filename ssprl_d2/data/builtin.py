@@ -203,13 +203,24 @@ def load_voc_sem_seg(dirname: str, split: str) -> List[Dict]:
 
 def _register_voc_sem_seg(name: str, dirname: str, split: str) -> None:
     DatasetCatalog.register(name, functools.partial(load_voc_sem_seg, dirname, split))
-    MetadataCatalog.get(name).set(
+    meta = MetadataCatalog.get(name)
+    meta.set(
         stuff_classes=["background", *VOC_CLASS_NAMES],
         ignore_label=IGNORE_LABEL,
         dirname=dirname,
         split=split,
         evaluator_type="sem_seg",
     )
+    if split == "train_aug":
+        # what ssprl_d2.checks verifies before a run starts (load_voc_sem_seg says the same)
+        meta.set(
+            required_paths=[os.path.join(dirname, "ImageSets", "Segmentation", "train_aug.txt"),
+                            os.path.join(dirname, "SegmentationClassAug")],
+            required_hint="VOC 2012 train_aug needs the SBD augmentation (SegmentationClassAug/ "
+                          "and train_aug.txt, as mmsegmentation's tools/convert_datasets/"
+                          "voc_aug.py makes them); or name voc_2012_sem_seg_train for VOC's own "
+                          "1,464 images (a smaller protocol than the published tables)",
+        )
 
 
 def register_voc_sem_seg(root: Optional[str] = None) -> None:
