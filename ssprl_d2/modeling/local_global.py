@@ -21,7 +21,7 @@ from .dino_loss import (
 from .heads import DINOHead
 from .patch_matching import match_batch
 from .pretrainer import MomentumPretrainer, TeacherSchedule, put_scalars
-from .vit import build_timm_vit, vit_name
+from .vit import build_timm_vit, vit_name, vit_sizes
 
 __all__ = ["LocalGlobal"]
 
@@ -129,13 +129,7 @@ class LocalGlobal(MomentumPretrainer):
         if not ci.RECORD_BOXES and c.PATCH_LOSS:
             raise ValueError("patch matching needs the crops' boxes: set INPUT.PRETRAIN.RECORD_BOXES")
         backbone = build_timm_vit(
-            img_size=v.PRETRAIN_IMG_SIZE,
-            patch_size=v.PATCH_SIZE,
-            embed_dim=v.EMBED_DIM,
-            depth=v.DEPTH,
-            num_heads=v.NUM_HEADS,
-            mlp_ratio=v.MLP_RATIO,
-            drop_path_rate=v.DROP_PATH_RATE,
+            img_size=v.PRETRAIN_IMG_SIZE, drop_path_rate=v.DROP_PATH_RATE, **vit_sizes(cfg)
         )
         if v.PRETRAIN_IMG_SIZE != ci.SIZE_CROPS[0]:
             raise ValueError(
